@@ -1,0 +1,4 @@
+"""blockvault's core: every piece of real work, with no user interface.
+
+Nothing in this package imports Textual or ``tui``; a test enforces it.
+"""

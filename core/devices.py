@@ -1,0 +1,484 @@
+"""The machine's block devices as one immutable tree.
+
+Built from sysfs (``/sys/class/block``), ``/proc/self/mountinfo`` and a few KiB of
+each device (file-system signature, disk label). Loop devices carry their backing
+file, offset and size limit; a loop device that maps part of a file which is also
+attached whole stands for a partition or slice of that loop disk, because
+partition scanning is off for loop devices on many machines.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from core.bytesource import FileSource
+from core.labels import DiskLabel, read_label
+from core.mounts import Mount, read_mounts
+from core.signatures import Signature, probe
+
+SYS_CLASS_BLOCK = "/sys/class/block"
+
+
+class DeviceKind(StrEnum):
+    """What a block device is."""
+
+    DISK = "disk"
+    PARTITION = "partition"
+    LOOP = "loop"
+    LVM = "lvm"
+    DM = "dm"
+    MD = "md"
+
+
+@dataclass(frozen=True)
+class LoopInfo:
+    """What a loop device maps: ``size_limit`` bytes of ``backing_file`` from ``offset``."""
+
+    backing_file: str
+    offset: int
+    size_limit: int
+    """0 means "to the end of the file"."""
+    autoclear: bool
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Where a volume lies on the disk that carries its label: bytes [start, start+size)."""
+
+    container: str
+    """The device (or, for a loop slice of an unattached file, the file) holding the label."""
+    start: int
+    size: int
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    """One block device, as seen when the tree was built."""
+
+    name: str
+    """Kernel name (``loop3``, ``sda1``, ``dm-0``)."""
+    path: str
+    """Device node (``/dev/loop3``)."""
+    kind: DeviceKind
+    major: int
+    minor: int
+    size: int
+    """Size in bytes."""
+    sector_size: int
+    """Logical sector size in bytes."""
+    read_only: bool
+    removable: bool = False
+    model: str | None = None
+    serial: str | None = None
+    signature: Signature | None = None
+    label: DiskLabel | None = None
+    """The disk label found in the device's own first sectors, if any."""
+    mounts: tuple[Mount, ...] = ()
+    parent: str | None = None
+    """Kernel name of the device this one is carved from (disk of a partition or loop slice)."""
+    slaves: tuple[str, ...] = ()
+    holders: tuple[str, ...] = ()
+    children: tuple[str, ...] = ()
+    loop: LoopInfo | None = None
+    extent: Extent | None = None
+    dm_name: str | None = None
+    dm_uuid: str | None = None
+    md_level: str | None = None
+    probe_error: str | None = None
+    """Why the device's bytes could not be read (signature and label then unknown)."""
+
+    @property
+    def fstype(self) -> str | None:
+        """The signature's type string (``ext4``), or None for a raw volume.
+
+        A device that cannot be read but is mounted takes the type the mount table gives.
+        """
+        if self.signature is not None:
+            return self.signature.fstype.value
+        if self.probe_error is not None and self.mounts:
+            return self.mounts[0].fstype
+        return None
+
+    @property
+    def uuid(self) -> str | None:
+        """The file system's (or volume signature's) UUID."""
+        return self.signature.uuid if self.signature else None
+
+    @property
+    def fs_label(self) -> str | None:
+        """The file system's label."""
+        return self.signature.label if self.signature else None
+
+    @property
+    def has_filesystem(self) -> bool:
+        """True when the device holds a mountable file system (or is mounted but unreadable)."""
+        if self.signature is not None:
+            return self.signature.is_filesystem
+        return self.probe_error is not None and bool(self.mounts)
+
+    @property
+    def is_raw(self) -> bool:
+        """True for a raw volume: no mountable file system (the guide's RAW tree)."""
+        return not self.has_filesystem and self.probe_error is None
+
+    @property
+    def mount_points(self) -> tuple[str, ...]:
+        """Every place the device is mounted."""
+        return tuple(m.mount_point for m in self.mounts)
+
+    @property
+    def mounted(self) -> bool:
+        """True when the device is mounted anywhere."""
+        return bool(self.mounts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form of this device (without its children)."""
+        return {
+            "name": self.name,
+            "path": self.path,
+            "kind": self.kind.value,
+            "major": self.major,
+            "minor": self.minor,
+            "size": self.size,
+            "sector_size": self.sector_size,
+            "read_only": self.read_only,
+            "removable": self.removable,
+            "model": self.model,
+            "serial": self.serial,
+            "fstype": self.fstype,
+            "uuid": self.uuid,
+            "fs_label": self.fs_label,
+            "raw": self.is_raw,
+            "disk_label": self.label.kind.value if self.label else None,
+            "mounts": [
+                {
+                    "mount_point": m.mount_point,
+                    "root": m.root,
+                    "fstype": m.fstype,
+                    "read_only": m.read_only,
+                }
+                for m in self.mounts
+            ],
+            "parent": self.parent,
+            "slaves": list(self.slaves),
+            "holders": list(self.holders),
+            "loop": (
+                {
+                    "backing_file": self.loop.backing_file,
+                    "offset": self.loop.offset,
+                    "size_limit": self.loop.size_limit,
+                    "autoclear": self.loop.autoclear,
+                }
+                if self.loop
+                else None
+            ),
+            "extent": (
+                {
+                    "container": self.extent.container,
+                    "start": self.extent.start,
+                    "size": self.extent.size,
+                }
+                if self.extent
+                else None
+            ),
+            "dm_name": self.dm_name,
+            "dm_uuid": self.dm_uuid,
+            "md_level": self.md_level,
+            "probe_error": self.probe_error,
+        }
+
+
+@dataclass(frozen=True)
+class DeviceTree:
+    """Every block device by kernel name, and the roots of the disk → partition → holder tree."""
+
+    devices: Mapping[str, BlockDevice]
+    roots: tuple[str, ...]
+    mounts: tuple[Mount, ...] = field(default=())
+    """The mount table the tree was built with."""
+
+    def __iter__(self) -> Iterator[BlockDevice]:
+        return iter(self.devices.values())
+
+    def get(self, name: str) -> BlockDevice | None:
+        """Return the device with kernel name ``name``."""
+        return self.devices.get(name)
+
+    def by_path(self, path: str) -> BlockDevice | None:
+        """Return the device whose node is ``path`` (symlinks resolved), if any."""
+        real = os.path.realpath(path)
+        for dev in self.devices.values():
+            if dev.path == real:
+                return dev
+        try:
+            st = os.stat(real)
+        except OSError:
+            return None
+        if stat.S_ISBLK(st.st_mode):
+            return self.by_number(os.major(st.st_rdev), os.minor(st.st_rdev))
+        return None
+
+    def by_number(self, major: int, minor: int) -> BlockDevice | None:
+        """Return the device with this major:minor."""
+        for dev in self.devices.values():
+            if (dev.major, dev.minor) == (major, minor):
+                return dev
+        return None
+
+    def walk(self) -> Iterator[tuple[int, BlockDevice]]:
+        """Yield ``(depth, device)`` in tree order; a device with two parents appears twice."""
+
+        def visit(name: str, depth: int, seen: frozenset[str]) -> Iterator[tuple[int, BlockDevice]]:
+            dev = self.devices[name]
+            yield depth, dev
+            for child in dev.children:
+                if child not in seen:
+                    yield from visit(child, depth + 1, seen | {child})
+
+        for root in self.roots:
+            yield from visit(root, 0, frozenset({root}))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the whole tree as one JSON document."""
+
+        def node(name: str, seen: frozenset[str]) -> dict[str, Any]:
+            dev = self.devices[name]
+            d = dev.to_dict()
+            d["children"] = [node(c, seen | {c}) for c in dev.children if c not in seen]
+            return d
+
+        return {"devices": [node(r, frozenset({r})) for r in self.roots]}
+
+
+# --- sysfs adapter -----------------------------------------------------------------
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _read_int(path: str, default: int = 0) -> int:
+    text = _read(path)
+    try:
+        return int(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+def _listdir(path: str) -> tuple[str, ...]:
+    try:
+        return tuple(sorted(os.listdir(path)))
+    except OSError:
+        return ()
+
+
+@dataclass
+class _Raw:
+    """What sysfs says of one device, before the tree is linked."""
+
+    name: str
+    sys: str
+    kind: DeviceKind
+    major: int
+    minor: int
+    size: int
+    sector_size: int
+    read_only: bool
+    removable: bool
+    model: str | None
+    serial: str | None
+    parent: str | None
+    start: int
+    slaves: tuple[str, ...]
+    holders: tuple[str, ...]
+    loop: LoopInfo | None
+    dm_name: str | None
+    dm_uuid: str | None
+    md_level: str | None
+
+
+def _scan_sysfs(root: str) -> list[_Raw]:
+    raws: list[_Raw] = []
+    for name in _listdir(root):
+        sys = os.path.join(root, name)
+        size = _read_int(os.path.join(sys, "size")) * 512  # sysfs counts 512-byte units
+        if size == 0:
+            continue  # unattached loop devices, empty zram, ejected media
+        dev = (_read(os.path.join(sys, "dev")) or "0:0").split(":")
+        is_partition = os.path.exists(os.path.join(sys, "partition"))
+        parent = None
+        if is_partition:
+            parent = os.path.basename(os.path.dirname(os.path.realpath(sys)))
+        queue = (
+            os.path.join(os.path.dirname(os.path.realpath(sys)), "queue")
+            if is_partition
+            else (os.path.join(sys, "queue"))
+        )
+        loop = None
+        if os.path.isdir(os.path.join(sys, "loop")):
+            backing = _read(os.path.join(sys, "loop", "backing_file")) or ""
+            loop = LoopInfo(
+                backing_file=backing,
+                offset=_read_int(os.path.join(sys, "loop", "offset")),
+                size_limit=_read_int(os.path.join(sys, "loop", "sizelimit")),
+                autoclear=_read(os.path.join(sys, "loop", "autoclear")) == "1",
+            )
+        dm_uuid = (
+            _read(os.path.join(sys, "dm", "uuid"))
+            if os.path.isdir(os.path.join(sys, "dm"))
+            else None
+        )
+        if os.path.isdir(os.path.join(sys, "dm")):
+            kind = DeviceKind.LVM if (dm_uuid or "").startswith("LVM-") else DeviceKind.DM
+        elif os.path.isdir(os.path.join(sys, "md")):
+            kind = DeviceKind.MD
+        elif is_partition:
+            kind = DeviceKind.PARTITION
+        elif name.startswith("loop"):
+            kind = DeviceKind.LOOP
+        else:
+            kind = DeviceKind.DISK
+        device_dir = os.path.join(sys, "device")
+        raws.append(
+            _Raw(
+                name=name,
+                sys=sys,
+                kind=kind,
+                major=int(dev[0]),
+                minor=int(dev[1]),
+                size=size,
+                sector_size=_read_int(os.path.join(queue, "logical_block_size"), 512) or 512,
+                read_only=_read(os.path.join(sys, "ro")) == "1",
+                removable=_read(os.path.join(sys, "removable")) == "1",
+                model=_read(os.path.join(device_dir, "model")) or None,
+                serial=(
+                    _read(os.path.join(sys, "serial"))
+                    or _read(os.path.join(device_dir, "serial"))
+                    or None
+                ),
+                parent=parent,
+                start=_read_int(os.path.join(sys, "start")) * 512,
+                slaves=_listdir(os.path.join(sys, "slaves")),
+                holders=_listdir(os.path.join(sys, "holders")),
+                loop=loop,
+                dm_name=_read(os.path.join(sys, "dm", "name"))
+                if kind in (DeviceKind.DM, DeviceKind.LVM)
+                else None,
+                dm_uuid=dm_uuid,
+                md_level=_read(os.path.join(sys, "md", "level")) if kind is DeviceKind.MD else None,
+            )
+        )
+    return raws
+
+
+def _device_node(name: str, major: int, minor: int) -> str:
+    node = f"/dev/{name}"
+    if os.path.exists(node):
+        return node
+    by_number = f"/dev/block/{major}:{minor}"
+    return os.path.realpath(by_number) if os.path.exists(by_number) else node
+
+
+def _probe_bytes(node: str) -> tuple[Signature | None, DiskLabel | None, str | None]:
+    try:
+        with FileSource(node) as src:
+            return probe(src), read_label(src), None
+    except OSError as e:
+        return None, None, e.strerror or str(e)
+
+
+def _is_whole_file_loop(raw: _Raw) -> bool:
+    return raw.loop is not None and raw.loop.offset == 0 and raw.loop.size_limit == 0
+
+
+def scan(
+    sys_class_block: str = SYS_CLASS_BLOCK,
+    mounts: tuple[Mount, ...] | None = None,
+) -> DeviceTree:
+    """Return the machine's block devices as a :class:`DeviceTree`.
+
+    Reads a few KiB of each device (read-only) for its signature and label;
+    a device that cannot be opened keeps ``probe_error`` and is listed anyway.
+    """
+    raws = _scan_sysfs(sys_class_block)
+    mounts = read_mounts() if mounts is None else mounts
+    names = {r.name for r in raws}
+
+    # A loop slice's parent: the loop device that maps the same file whole.
+    whole_loop_by_file = {
+        r.loop.backing_file: r.name for r in raws if r.loop and _is_whole_file_loop(r)
+    }
+    parents: dict[str, list[str]] = {r.name: [] for r in raws}
+    extents: dict[str, Extent] = {}
+    for r in raws:
+        if r.kind is DeviceKind.PARTITION and r.parent in names:
+            parents[r.name].append(r.parent)
+            extents[r.name] = Extent(f"/dev/{r.parent}", r.start, r.size)
+        elif r.loop and not _is_whole_file_loop(r):
+            disk = whole_loop_by_file.get(r.loop.backing_file)
+            if disk and disk != r.name:
+                parents[r.name].append(disk)
+                extents[r.name] = Extent(f"/dev/{disk}", r.loop.offset, r.size)
+            elif r.loop.backing_file.startswith("/") and os.path.exists(r.loop.backing_file):
+                extents[r.name] = Extent(r.loop.backing_file, r.loop.offset, r.size)
+        parents[r.name].extend(s for s in r.slaves if s in names)
+    children: dict[str, list[str]] = {r.name: [] for r in raws}
+    for name, ps in parents.items():
+        for p in ps:
+            children[p].append(name)
+
+    devices: dict[str, BlockDevice] = {}
+    for r in raws:
+        node = _device_node(r.name, r.major, r.minor)
+        real = os.path.realpath(node)
+        signature, label, error = _probe_bytes(node)
+        own_mounts = tuple(
+            m
+            for m in mounts
+            if (m.major, m.minor) == (r.major, r.minor)
+            or (m.source.startswith("/dev/") and os.path.realpath(m.source) == real)
+        )
+        devices[r.name] = BlockDevice(
+            name=r.name,
+            path=node,
+            kind=r.kind,
+            major=r.major,
+            minor=r.minor,
+            size=r.size,
+            sector_size=r.sector_size,
+            read_only=r.read_only,
+            removable=r.removable,
+            model=r.model,
+            serial=r.serial,
+            signature=signature,
+            label=label,
+            mounts=own_mounts,
+            parent=parents[r.name][0] if parents[r.name] else None,
+            slaves=r.slaves,
+            holders=r.holders,
+            children=tuple(sorted(children[r.name], key=_natural_key)),
+            loop=r.loop,
+            extent=extents.get(r.name),
+            dm_name=r.dm_name,
+            dm_uuid=r.dm_uuid,
+            md_level=r.md_level,
+            probe_error=error,
+        )
+    roots = tuple(sorted((n for n, ps in parents.items() if not ps), key=_natural_key))
+    return DeviceTree(devices=devices, roots=roots, mounts=mounts)
+
+
+def _natural_key(name: str) -> tuple[Any, ...]:
+    """Sort ``loop10`` after ``loop9``."""
+    head = name.rstrip("0123456789")
+    tail = name[len(head) :]
+    return (head, int(tail) if tail else -1)

@@ -1,0 +1,336 @@
+"""Preflight checks for a volume: every finding ``check-volume`` reports.
+
+Each check returns findings (code, severity, one line that says what to do);
+the console and the command line render the same list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from core import findings as F
+from core.bytesource import FileSource
+from core.devices import BlockDevice, DeviceTree, scan
+from core.findings import Finding
+from core.labels import extent_findings, read_label, volume_label_findings
+from core.mounts import (
+    FstabEntry,
+    ProcessUse,
+    fstab_path,
+    is_under,
+    processes_using,
+    read_active_swaps,
+    read_fstab,
+)
+from core.targets import TargetCodeError, Volume, resolve
+
+MAX_NAMED = 3
+"""How many processes or mounts a one-line message names before "and N more"."""
+
+
+@dataclass(frozen=True)
+class VolumeCheck:
+    """The findings for one TARGET, and the volume it resolved to (None for bad input)."""
+
+    target: str
+    volume: Volume | None
+    findings: tuple[Finding, ...]
+
+    @property
+    def return_code(self) -> F.ReturnCode:
+        """0, 8 (warnings) or 12 (a blocker)."""
+        return F.return_code(self.findings)
+
+    def to_dict(self) -> dict[str, object]:
+        """Return the JSON document of ``check-volume --json``."""
+        dev = self.volume.device if self.volume else None
+        return {
+            "target": self.target,
+            "device": dev.to_dict() if dev else None,
+            "findings": [f.to_dict() for f in self.findings],
+            "return_code": int(self.return_code),
+        }
+
+
+def _listing(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:MAX_NAMED])
+    more = len(items) - MAX_NAMED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def fstab_device(entry: FstabEntry, tree: DeviceTree) -> BlockDevice | None:
+    """Return the device an fstab line names (``UUID=``, ``LABEL=`` or a path), if present."""
+    spec = entry.spec
+    key, _, value = spec.partition("=")
+    if value and key in ("UUID", "LABEL"):
+        for dev in tree:
+            if (key == "UUID" and dev.uuid and dev.uuid.lower() == value.lower()) or (
+                key == "LABEL" and dev.fs_label == value
+            ):
+                return dev
+        return None
+    if spec.startswith("/"):
+        return tree.by_path(spec)
+    return None
+
+
+def _mount_findings(vol: Volume, tree: DeviceTree, fstab: Sequence[FstabEntry]) -> list[Finding]:
+    dev = vol.device
+    out: list[Finding] = []
+    fstab_points = [
+        e.mount_point
+        for e in fstab
+        if e.mount_point.startswith("/")
+        and ((d := fstab_device(e, tree)) is not None and d.name == dev.name)
+    ]
+
+    if vol.mount is not None:
+        # The user named a mount point: is it the one fstab assigns to another volume?
+        for e in fstab:
+            if e.mount_point != vol.mount.mount_point:
+                continue
+            other = fstab_device(e, tree)
+            if other is not None and other.name != dev.name:
+                out.append(
+                    F.warning(
+                        "MOUNT_POINT_OTHER_DEVICE",
+                        f"{vol.mount.mount_point} is mounted from {dev.path}, but "
+                        f"{fstab_path()} assigns it to {other.path} ({e.spec}); "
+                        "check which volume you mean",
+                        mount_point=vol.mount.mount_point,
+                        mounted=dev.path,
+                        expected=other.path,
+                    )
+                )
+
+    if dev.mounts:
+        opts = ", ".join(f"{m.mount_point} ({'ro' if m.read_only else 'rw'})" for m in dev.mounts)
+        out.append(
+            F.info(
+                "FS_MOUNTED",
+                f"{dev.path} ({dev.fstype}) is mounted at {opts}",
+                mount_points=list(dev.mount_points),
+            )
+        )
+    elif fstab_points:
+        point = fstab_points[0]
+        out.append(
+            F.info(
+                "FS_NOT_MOUNTED",
+                f"{dev.path} is not mounted; {fstab_path()} mounts it at {point}",
+                mount_point=point,
+            )
+        )
+        holder = next((m for m in reversed(tree.mounts) if m.mount_point == point), None)
+        if holder is not None:
+            other = tree.by_number(holder.major, holder.minor)
+            src = other.path if other else holder.source
+            out.append(
+                F.warning(
+                    "MOUNT_POINT_OTHER_DEVICE",
+                    f"{point}, the mount point of {dev.path} in {fstab_path()}, is mounted "
+                    f"from {src}; check which volume you mean",
+                    mount_point=point,
+                    mounted=src,
+                    expected=dev.path,
+                )
+            )
+    else:
+        out.append(
+            F.blocker(
+                "FS_NO_MOUNT_POINT",
+                f"{dev.path} holds a {dev.fstype} file system with no mount point (not mounted, "
+                f"not in {fstab_path()}); mount it or add it to {fstab_path()}, since an "
+                "image backup is named by its mount point",
+            )
+        )
+
+    binds = [m for m in dev.mounts if m.is_bind_of_subtree]
+    if binds:
+        out.append(
+            F.warning(
+                "MOUNT_BIND",
+                "bind mount: "
+                + _listing([f"{m.mount_point} shows {m.root}" for m in binds])
+                + f" of {dev.path}; the image holds the whole volume, not only that directory",
+                binds=[{"mount_point": m.mount_point, "root": m.root} for m in binds],
+            )
+        )
+    elif len(dev.mounts) > 1:
+        out.append(
+            F.info(
+                "MOUNT_MULTIPLE",
+                f"{dev.path} is mounted {len(dev.mounts)} times: "
+                + _listing(list(dev.mount_points)),
+                mount_points=list(dev.mount_points),
+            )
+        )
+
+    own_points = set(dev.mount_points)
+    nested = [
+        m
+        for m in tree.mounts
+        if m.mount_point not in own_points
+        and any(is_under(m.mount_point, p) for p in own_points)
+        and (m.major, m.minor) != (dev.major, dev.minor)
+    ]
+    if nested and "/" not in own_points:
+        out.append(
+            F.warning(
+                "MOUNT_NESTED",
+                f"mounted below {dev.mount_points[0]}: "
+                + _listing([f"{m.mount_point} ({m.source})" for m in nested])
+                + "; their files are not in this image, back them up separately",
+                nested=[m.mount_point for m in nested],
+            )
+        )
+
+    if "/" in own_points:
+        out.append(
+            F.warning(
+                "ROOT_FILESYSTEM",
+                f"{dev.path} holds the root file system, which cannot go offline; use "
+                "--imagetype snapshot (or dynamic) rather than static",
+            )
+        )
+    return out
+
+
+def _process_findings(uses: Sequence[ProcessUse], dev: BlockDevice) -> list[Finding]:
+    out: list[Finding] = []
+    groups = {
+        "write": (
+            "PROCESS_WRITING",
+            "static (offline) backup cannot remount it read-only until they close; "
+            "stop them or use --imagetype snapshot",
+        ),
+        "cwd": ("PROCESS_CWD", "they keep the file system busy (it cannot be unmounted)"),
+        "root": ("PROCESS_CWD", "they keep the file system busy (it cannot be unmounted)"),
+        "device": ("DEVICE_OPEN", f"they may write to {dev.path} behind the file system's back"),
+    }
+    by_code: dict[str, list[ProcessUse]] = {}
+    for u in uses:
+        by_code.setdefault(groups[u.how][0], []).append(u)
+    for code, group in by_code.items():
+        advice = next(text for c, text in groups.values() if c == code)
+        # One phrase per process, so a process with many files cannot hide the others.
+        by_pid: dict[int, list[ProcessUse]] = {}
+        for u in group:
+            by_pid.setdefault(u.pid, []).append(u)
+        phrases = [
+            uses[0].describe() + (f" (+{len(uses) - 1} more)" if len(uses) > 1 else "")
+            for uses in by_pid.values()
+        ]
+        out.append(
+            F.warning(
+                code,
+                _listing(phrases) + f"; {advice}",
+                processes=[
+                    {"pid": u.pid, "name": u.name, "how": u.how, "path": u.path} for u in group
+                ],
+            )
+        )
+    return out
+
+
+def _label_findings(dev: BlockDevice, tree: DeviceTree) -> list[Finding]:
+    out: list[Finding] = []
+    if dev.extent is not None:
+        container = tree.by_path(dev.extent.container)
+        label = container.label if container is not None else None
+        if container is None:
+            try:
+                with FileSource(dev.extent.container) as src:
+                    label = read_label(src)
+            except OSError:
+                label = None
+        if label is not None:
+            out.extend(
+                extent_findings(
+                    label,
+                    dev.extent.start,
+                    dev.extent.size,
+                    disk=dev.extent.container,
+                    volume=dev.path,
+                )
+            )
+    try:
+        with FileSource(dev.path) as src:
+            out.extend(volume_label_findings(src, volume=dev.path))
+    except OSError:
+        pass  # unreadable devices already carry DEVICE_UNREADABLE
+    return out
+
+
+def check_resolved(
+    vol: Volume, tree: DeviceTree, fstab: Sequence[FstabEntry] | None = None
+) -> tuple[Finding, ...]:
+    """Return every finding for a resolved volume."""
+    dev = vol.device
+    fstab = read_fstab() if fstab is None else fstab
+    out: list[Finding] = []
+    if dev.probe_error:
+        out.append(
+            F.blocker(
+                "DEVICE_UNREADABLE",
+                f"cannot read {dev.path}: {dev.probe_error}; "
+                + (
+                    "this process may not open it (a container's device policy?)"
+                    if os.geteuid() == 0
+                    else "run blockvault as root"
+                ),
+            )
+        )
+    if dev.read_only:
+        out.append(
+            F.info(
+                "DEVICE_READ_ONLY",
+                f"{dev.path} is a read-only device: it can be backed up but not restored to",
+            )
+        )
+    if dev.has_filesystem:
+        out.extend(_mount_findings(vol, tree, fstab))
+    elif dev.probe_error is None:
+        what = f"a {dev.fstype} volume" if dev.signature else "no file system"
+        out.append(
+            F.info(
+                "VOLUME_RAW",
+                f"{dev.path} holds {what}: it is backed up as a raw volume, every block read",
+            )
+        )
+    if dev.holders:
+        out.append(
+            F.warning(
+                "DEVICE_HELD",
+                f"{dev.path} is in use by {_listing(['/dev/' + h for h in dev.holders])} "
+                "(device-mapper or md); back up that device instead, or stop it first",
+                holders=list(dev.holders),
+            )
+        )
+    if dev.path in read_active_swaps() or os.path.realpath(dev.path) in read_active_swaps():
+        out.append(
+            F.warning(
+                "SWAP_ACTIVE",
+                f"{dev.path} is active swap; its image is meaningless, run swapoff or skip it",
+            )
+        )
+    uses = processes_using(dev.mount_points, [dev.path])
+    out.extend(_process_findings(uses, dev))
+    out.extend(_label_findings(dev, tree))
+    return tuple(out)
+
+
+def check_volume(
+    target: str,
+    tree: DeviceTree | None = None,
+    fstab: Sequence[FstabEntry] | None = None,
+) -> VolumeCheck:
+    """Return the findings for ``target``; bad input becomes a blocker finding, not an exception."""
+    tree = scan() if tree is None else tree
+    try:
+        vol = resolve(target, tree)
+    except TargetCodeError as e:
+        return VolumeCheck(target, None, (F.blocker(e.code, e.message),))
+    return VolumeCheck(target, vol, check_resolved(vol, tree, fstab))

@@ -1,0 +1,63 @@
+"""Shared fixtures: the loop-device kit, and the guard against leaked devices and mounts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from loopkit import REQUIRE_ENV, LoopKit, kit_leftovers, loop_unavailable_reason
+
+KIT_ROOT = Path("/tmp/blockvault-tests")
+"""Every kit's files live here, so a leak check can tell our devices from anyone else's."""
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip ``loop`` tests where they cannot run — or fail them when CI demands they run."""
+    if item.get_closest_marker("loop") is None:
+        return
+    reason = loop_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{REQUIRE_ENV}=1 but this loop-device test cannot run: {reason}")
+    pytest.skip(f"loop-device test: {reason}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any loop device or mount of the kit outlived its test."""
+    if not KIT_ROOT.exists() or loop_unavailable_reason() is not None:
+        return
+    loops, mounts = kit_leftovers(KIT_ROOT)
+    if loops or mounts:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        sys.stderr.write(f"\nLEAKED by the test run: loop devices {loops}, mounts {mounts}\n")
+
+
+@pytest.fixture
+def loopkit(request: pytest.FixtureRequest) -> Iterator[LoopKit]:
+    """A :class:`LoopKit`; everything it made is undone after the test, and leaks fail it."""
+    if request.node.get_closest_marker("loop") is None:
+        raise RuntimeError("tests that use loopkit must be marked @pytest.mark.loop")
+    KIT_ROOT.mkdir(exist_ok=True)
+    kit = LoopKit(KIT_ROOT)
+    try:
+        yield kit
+    finally:
+        failures = kit.close()
+        loops, mounts = kit_leftovers(kit.workdir)
+        for mp in sorted(mounts, reverse=True):
+            subprocess.run(["umount", "-l", mp], check=False)
+        for dev in loops:
+            subprocess.run(["losetup", "--detach", dev], check=False)
+        if failures or loops or mounts:
+            pytest.fail(f"test leaked: undo failures {failures}, loops {loops}, mounts {mounts}")
+
+
+@pytest.fixture
+def blockvault_cli() -> list[str]:
+    """The command that runs the CLI of this checkout."""
+    return [sys.executable, "-m", "tui.cli"]

@@ -1,0 +1,153 @@
+"""The ``blockvault`` command line: TSM-style commands, rich output, ``--json``, TSM return codes.
+
+It renders core's results and never re-implements a check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from rich.console import Console
+from rich.markup import escape
+from rich.tree import Tree
+
+from core.devices import BlockDevice, DeviceTree, scan
+from core.errors import BlockvaultError, NeedsRootError
+from core.findings import ReturnCode
+from core.preflight import check_volume
+from tui.format import SEVERITY_STYLE, badges, human_size
+
+_TSM_OPTION = re.compile(r"^-([a-z][a-z]+)(=.*)?$")
+
+
+def normalize_tsm_args(argv: Sequence[str]) -> list[str]:
+    """Return ``argv`` with TSM single-dash options (``-imagetype=x``) as ``--imagetype=x``."""
+    return [f"-{a}" if _TSM_OPTION.match(a) else a for a in argv]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and TSM return code 12."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(int(ReturnCode.FAILED), f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
+def _require_root(command: str) -> None:
+    if os.geteuid() != 0:
+        raise NeedsRootError(
+            f"blockvault {command} must run as root: it reads block devices and other "
+            "processes' open files; run it with sudo"
+        )
+
+
+def _device_line(dev: BlockDevice) -> str:
+    parts = [f"[bold]{escape(dev.path)}[/]", human_size(dev.size), dev.kind.value]
+    if dev.fstype:
+        parts.append(escape(dev.fstype))
+    if dev.fs_label:
+        parts.append(f'"{escape(dev.fs_label)}"')
+    if dev.mount_points:
+        parts.append(escape(", ".join(dev.mount_points)))
+    if dev.loop is not None:
+        span = ""
+        if dev.loop.offset or dev.loop.size_limit:
+            span = f" @{dev.loop.offset}+{dev.loop.size_limit or 'end'}"
+        parts.append(f"[dim]← {escape(dev.loop.backing_file)}{span}[/]")
+    words = badges(dev)
+    if words:
+        parts.append(" ".join(f"[reverse] {w} [/]" for w in words))
+    return "  ".join(parts)
+
+
+def cmd_devices(args: argparse.Namespace, out: Console) -> int:
+    tree = scan()
+    if args.json:
+        print(json.dumps(tree.to_dict(), indent=2))
+        return 0
+    root = Tree("[bold]block devices[/]", guide_style="dim")
+    _add_children(root, tree, tree.roots, frozenset())
+    out.print(root)
+    if os.geteuid() != 0:
+        out.print("[yellow]not root: file systems and labels of unreadable devices are unknown[/]")
+    return 0
+
+
+def _add_children(node: Tree, tree: DeviceTree, names: Sequence[str], seen: frozenset[str]) -> None:
+    for name in names:
+        dev = tree.devices[name]
+        branch = node.add(_device_line(dev))
+        children = [c for c in dev.children if c not in seen]
+        _add_children(branch, tree, children, seen | {name})
+
+
+def cmd_check_volume(args: argparse.Namespace, out: Console) -> int:
+    _require_root("check-volume")
+    result = check_volume(args.target)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return int(result.return_code)
+    if result.volume is not None:
+        dev = result.volume.device
+        out.print(
+            f"[bold]{escape(dev.path)}[/]  {human_size(dev.size)}  {dev.kind.value}  "
+            f"{escape(dev.fstype or 'no file system')}"
+        )
+    for f in result.findings:
+        style = SEVERITY_STYLE[f.severity]
+        out.print(
+            f"[{style}]{f.severity.word:<7}[/] {f.code}: {escape(f.message)}",
+            soft_wrap=True,
+        )
+    if result.volume is not None and not result.findings:
+        out.print("no findings")
+    return int(result.return_code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser for every ``blockvault`` command."""
+    parser = _Parser(
+        prog="blockvault",
+        description="Image backups of Linux volumes. With no command, opens the console.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("devices", help="list the machine's block devices as a tree")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("check-volume", help="preflight findings for a volume")
+    p.add_argument("target", metavar="TARGET", help="block device path or mount point")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=cmd_check_volume)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the TSM return code."""
+    argv = normalize_tsm_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        from tui.app import run_console
+
+        return run_console()
+    out = Console(highlight=False)
+    try:
+        return int(args.func(args, out))
+    except BlockvaultError as e:
+        print(f"blockvault: {e.message}", file=sys.stderr)
+        return int(e.return_code)
+    except KeyboardInterrupt:
+        print("blockvault: interrupted", file=sys.stderr)
+        return int(ReturnCode.FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
