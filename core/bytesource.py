@@ -76,3 +76,24 @@ class FileSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class SliceSource:
+    """A :class:`ByteSource` over ``size`` bytes of another source starting at ``offset``.
+
+    How a loop slice inside a snapshot clone file is read as a volume of its own.
+    """
+
+    def __init__(self, base: ByteSource, offset: int, size: int) -> None:
+        self._base = base
+        self._offset = offset
+        self._size = max(0, min(size, base.size - offset))
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        if offset < 0 or length <= 0 or offset >= self._size:
+            return b""
+        return self._base.read_at(self._offset + offset, min(length, self._size - offset))

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from loopkit import REQUIRE_ENV, LoopKit, kit_leftovers, loop_unavailable_reason
 
-KIT_ROOT = Path("/tmp/blockvault-tests")
-"""Every kit's files live here, so a leak check can tell our devices from anyone else's."""
+KIT_ROOT = Path("/tmp/blockvault-tests") / f"run-{os.getpid()}"
+"""Every kit's files of this run live here, so a leak check can tell our devices from
+anyone else's — including another test run on the same machine."""
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -35,6 +38,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if loops or mounts:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         sys.stderr.write(f"\nLEAKED by the test run: loop devices {loops}, mounts {mounts}\n")
+    else:
+        shutil.rmtree(KIT_ROOT, ignore_errors=True)
 
 
 @pytest.fixture
@@ -42,13 +47,18 @@ def loopkit(request: pytest.FixtureRequest) -> Iterator[LoopKit]:
     """A :class:`LoopKit`; everything it made is undone after the test, and leaks fail it."""
     if request.node.get_closest_marker("loop") is None:
         raise RuntimeError("tests that use loopkit must be marked @pytest.mark.loop")
-    KIT_ROOT.mkdir(exist_ok=True)
+    KIT_ROOT.mkdir(parents=True, exist_ok=True)
     kit = LoopKit(KIT_ROOT)
     try:
         yield kit
     finally:
         failures = kit.close()
-        loops, mounts = kit_leftovers(kit.workdir)
+        # A detach while another process (a concurrent device scan) has the device open
+        # completes when that process closes it: give it a moment before calling it a leak.
+        deadline = time.monotonic() + 3
+        while (leftovers := kit_leftovers(kit.workdir)) != ([], []) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        loops, mounts = leftovers
         for mp in sorted(mounts, reverse=True):
             subprocess.run(["umount", "-l", mp], check=False)
         for dev in loops:

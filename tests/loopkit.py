@@ -210,7 +210,7 @@ def kit_leftovers(workdir: Path) -> tuple[list[str], list[str]]:
     """Return loop devices and mounts that still refer to files below ``workdir``."""
     top = str(workdir)
     loops = [
-        line.split(":", 1)[0]
+        line.split(None, 1)[0]
         for line in run(
             "losetup", "--list", "--noheadings", "--output", "NAME,BACK-FILE"
         ).splitlines()

@@ -21,7 +21,9 @@ from core.devices import BlockDevice, DeviceTree, scan
 from core.errors import BlockvaultError, NeedsRootError
 from core.findings import ReturnCode
 from core.preflight import check_volume
+from core.repo.repository import REPO_ENV, ROOT_DEFAULT
 from tui.format import SEVERITY_STYLE, badges, human_size
+from tui.image_commands import add_image_commands
 
 _TSM_OPTION = re.compile(r"^-([a-z][a-z]+)(=.*)?$")
 
@@ -41,8 +43,8 @@ class _Parser(argparse.ArgumentParser):
 def _require_root(command: str) -> None:
     if os.geteuid() != 0:
         raise NeedsRootError(
-            f"blockvault {command} must run as root: it reads block devices and other "
-            "processes' open files; run it with sudo"
+            f"blockvault {command} must run as root: it reads and writes block devices and "
+            "looks at other processes' open files; run it with sudo"
         )
 
 
@@ -87,7 +89,6 @@ def _add_children(node: Tree, tree: DeviceTree, names: Sequence[str], seen: froz
 
 
 def cmd_check_volume(args: argparse.Namespace, out: Console) -> int:
-    _require_root("check-volume")
     result = check_volume(args.target)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -111,21 +112,29 @@ def cmd_check_volume(args: argparse.Namespace, out: Console) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser for every ``blockvault`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--repo",
+        metavar="PATH",
+        default=os.environ.get(REPO_ENV) or None,
+        help=f"repository (default: ${REPO_ENV}, else {ROOT_DEFAULT} for root)",
+    )
+    common.add_argument("--json", action="store_true", help="print one JSON document")
+
     parser = _Parser(
         prog="blockvault",
         description="Image backups of Linux volumes. With no command, opens the console.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    p = sub.add_parser("devices", help="list the machine's block devices as a tree")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p = sub.add_parser("devices", parents=[common], help="list the machine's block devices")
     p.set_defaults(func=cmd_devices)
 
-    p = sub.add_parser("check-volume", help="preflight findings for a volume")
+    p = sub.add_parser("check-volume", parents=[common], help="preflight findings for a volume")
     p.add_argument("target", metavar="TARGET", help="block device path or mount point")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.set_defaults(func=cmd_check_volume)
+    p.set_defaults(func=cmd_check_volume, needs_root=True)
 
+    add_image_commands(sub, common)
     return parser
 
 
@@ -140,12 +149,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_console()
     out = Console(highlight=False)
     try:
+        if getattr(args, "needs_root", False):
+            _require_root(" ".join(a for a in (args.command, getattr(args, "what", None)) if a))
         return int(args.func(args, out))
     except BlockvaultError as e:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": e.message, "return_code": int(e.return_code)}))
         print(f"blockvault: {e.message}", file=sys.stderr)
         return int(e.return_code)
     except KeyboardInterrupt:
         print("blockvault: interrupted", file=sys.stderr)
+        return int(ReturnCode.FAILED)
+    except Exception as e:  # a bug: one line and rc 12, the traceback on request
+        if os.environ.get("BLOCKVAULT_DEBUG"):
+            raise
+        print(
+            f"blockvault: internal error: {type(e).__name__}: {e} "
+            "(run with BLOCKVAULT_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return int(ReturnCode.FAILED)
 
 

@@ -1,0 +1,1 @@
+"""The image engine: backup (device → repository) and restore (repository → device)."""

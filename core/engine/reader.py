@@ -1,0 +1,91 @@
+"""Reading a volume's chunks: direct I/O into aligned buffers, unused parts as zeros.
+
+O_DIRECT keeps a multi-gigabyte backup from evicting the server's page cache and
+costs far less CPU than buffered reads; where a file system refuses it, buffered
+reads with ``POSIX_FADV_DONTNEED`` afterwards serve the same purpose.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from collections.abc import Sequence
+
+from core.errors import DeviceReadError
+
+
+class ChunkReader:
+    """Reads byte ranges of ``path`` (starting at ``base``) into a reusable chunk buffer.
+
+    One per worker thread: the buffer is reused for every chunk the worker reads.
+    """
+
+    def __init__(self, path: str, base: int, chunk_size: int) -> None:
+        self.path = path
+        self.base = base
+        self.buffer = mmap.mmap(-1, chunk_size)  # page-aligned, as O_DIRECT needs
+        self.view = memoryview(self.buffer)
+        self._zero = bytes(chunk_size)
+        self._zero_view = memoryview(self._zero)
+        self.direct = True
+        try:
+            self.fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        except OSError:
+            self.direct = False
+            self.fd = self._open_buffered()
+
+    def _open_buffered(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise DeviceReadError(f"cannot open {self.path} for reading: {e.strerror}") from None
+
+    def read(self, length: int, ranges: Sequence[tuple[int, int]], chunk_start: int) -> memoryview:
+        """Return the chunk's first ``length`` bytes: ``ranges`` read, the rest zeros.
+
+        ``ranges`` are volume byte offsets within ``[chunk_start, chunk_start+length)``.
+        """
+        view = self.view[:length]
+        covered = sum(e - s for s, e in ranges)
+        if covered < length:
+            view[:] = self._zero_view[:length]
+        for s, e in ranges:
+            self._read_exact(view[s - chunk_start : e - chunk_start], self.base + s)
+        return view
+
+    def _read_exact(self, target: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(target):
+            try:
+                n = os.preadv(self.fd, [target[done:]], offset + done)
+            except OSError as e:
+                if self.direct and e.errno == 22:  # EINVAL: unaligned for direct I/O here
+                    os.close(self.fd)
+                    self.direct = False
+                    self.fd = self._open_buffered()
+                    continue
+                raise DeviceReadError(
+                    f"read error on {self.path} at byte {offset + done}: {e.strerror}"
+                ) from None
+            if n == 0:
+                raise DeviceReadError(
+                    f"{self.path} ended at byte {offset + done}, before the volume's end"
+                )
+            done += n
+        if not self.direct:
+            os.posix_fadvise(self.fd, offset, len(target), os.POSIX_FADV_DONTNEED)
+
+    def is_zero(self, length: int) -> bool:
+        """True when the first ``length`` bytes of the buffer are all zero.
+
+        ``memoryview.__eq__`` compares item by item (10 ms per 4 MiB); slicing the
+        mmap gives bytes, whose comparison is a memcmp (0.5 ms with the copy).
+        """
+        if length and (self.buffer[0] or self.buffer[length - 1]):
+            return False
+        zero = self._zero if length == len(self._zero) else self._zero[:length]
+        return self.buffer[:length] == zero
+
+    def close(self) -> None:
+        """Release the descriptor; the buffer goes with the last view of it."""
+        os.close(self.fd)

@@ -1,0 +1,174 @@
+"""repo check (read and verify everything) and repo prune (free chunks no image needs)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from core import findings as F
+from core.engine.events import Meter, ProgressFn
+from core.errors import BlockvaultError
+from core.findings import Finding, ReturnCode
+from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, decode_chunk
+from core.repo.repository import Repository
+from core.repo.store import ObjectMissing
+
+
+class PruneRefused(BlockvaultError):
+    """Prune would be unsafe (a manifest is unreadable, so its chunks are unknown)."""
+
+
+@dataclass
+class CheckReport:
+    """What ``repo check`` found."""
+
+    images: int = 0
+    chunks: int = 0
+    bytes_checked: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def return_code(self) -> ReturnCode:
+        """0 when everything verified, 12 when anything is damaged or missing."""
+        return F.return_code(self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON report."""
+        return {
+            "images": self.images,
+            "chunks": self.chunks,
+            "bytes_checked": self.bytes_checked,
+            "findings": [f.to_dict() for f in self.findings],
+            "return_code": int(self.return_code),
+        }
+
+
+def _manifests(repo: Repository, report: CheckReport) -> Iterator[ImageManifest]:
+    for image_id in repo.image_ids():
+        try:
+            yield repo.image(image_id)
+        except (DamagedObject, ObjectMissing) as e:
+            report.findings.append(
+                F.blocker("MANIFEST_DAMAGED", f"image {image_id}: {e}", image=image_id)
+            )
+
+
+def check_repository(
+    repo: Repository,
+    *,
+    progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
+) -> CheckReport:
+    """Read every object, verify every hash and every manifest reference."""
+    report = CheckReport()
+    manifests = list(_manifests(repo, report))
+    report.images = len(manifests)
+    keys = list(repo.store.list("chunks"))
+    stored = {bytes.fromhex(k.split("/", 1)[1]) for k in keys}
+    meter = Meter("checking", len(keys), progress, cancel)
+    damaged: set[bytes] = set()
+    lock = threading.Lock()
+
+    def verify(key: str) -> None:
+        meter.check_cancel()
+        digest = bytes.fromhex(key.split("/", 1)[1])
+        try:
+            data = repo.store.get(key)
+            plain = decode_chunk(data, digest)
+            with lock:
+                report.bytes_checked += len(plain)
+        except (DamagedObject, ObjectMissing) as e:
+            with lock:
+                damaged.add(digest)
+                report.findings.append(
+                    F.blocker("CHUNK_DAMAGED", e.message, chunk=digest.hex(), key=key)
+                )
+        meter.add(1)
+
+    with ThreadPoolExecutor(max_workers=(os.cpu_count() or 1)) as pool:
+        list(pool.map(verify, keys))
+    report.chunks = len(keys)
+
+    for m in manifests:
+        for index, digest in m.chunks():
+            if digest == ZERO_ID:
+                continue
+            offset = index * m.chunk_size
+            if digest not in stored:
+                report.findings.append(
+                    F.blocker(
+                        "CHUNK_MISSING",
+                        f"image {m.id} needs chunk {digest.hex()} (byte {offset}), "
+                        "which is not stored",
+                        image=m.id,
+                        chunk=digest.hex(),
+                        offset=offset,
+                    )
+                )
+            elif digest in damaged:
+                report.findings.append(
+                    F.blocker(
+                        "IMAGE_DAMAGED",
+                        f"image {m.id} uses damaged chunk {digest.hex()} at byte {offset}",
+                        image=m.id,
+                        chunk=digest.hex(),
+                        offset=offset,
+                    )
+                )
+    leftovers = list(repo.store.temp_files())
+    if leftovers:
+        report.findings.append(
+            F.info(
+                "TEMP_FILES",
+                f"{len(leftovers)} unfinished writes of interrupted backups; "
+                "'blockvault repo prune' removes them",
+            )
+        )
+    meter.finish("done")
+    return report
+
+
+@dataclass
+class PruneReport:
+    """What ``repo prune`` freed."""
+
+    chunks_deleted: int = 0
+    bytes_freed: int = 0
+    temp_files_removed: int = 0
+    chunks_kept: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON report."""
+        return dict(self.__dict__)
+
+
+def prune_repository(repo: Repository) -> PruneReport:
+    """Delete chunks that no image names, and leftovers of interrupted writes."""
+    report = PruneReport()
+    with repo.lock(exclusive=True):
+        referenced: set[str] = set()
+        for image_id in repo.image_ids():
+            try:
+                m = repo.image(image_id)
+            except DamagedObject as e:
+                raise PruneRefused(
+                    f"prune refused: image {image_id} is unreadable ({e.message}), so the "
+                    "chunks it needs are unknown; delete it or repair the repository first"
+                ) from None
+            referenced.update(d.hex() for d in m.stored_digests())
+        for key in list(repo.store.list("chunks")):
+            if key.split("/", 1)[1] in referenced:
+                report.chunks_kept += 1
+                continue
+            report.bytes_freed += repo.store.size_of(key)
+            repo.store.delete(key)
+            report.chunks_deleted += 1
+        for path in list(repo.store.temp_files()):
+            report.bytes_freed += os.stat(path).st_size
+            os.unlink(path)
+            report.temp_files_removed += 1
+    return report

@@ -1,0 +1,209 @@
+"""A blockvault repository: chunks and image manifests behind the object API.
+
+The embedded default is a local directory (``/var/lib/blockvault/repo`` for root),
+created on first use. An image becomes visible only when its manifest is stored,
+and the manifest is stored only after every chunk it names is durable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from core.repo.format import (
+    ImageManifest,
+    chunk_key,
+    decode_chunk,
+    decode_manifest,
+    encode_manifest,
+)
+from core.repo.store import LocalStore, ObjectMissing, RepositoryError
+
+REPO_ENV = "BLOCKVAULT_REPO"
+ROOT_DEFAULT = "/var/lib/blockvault/repo"
+CONFIG_NAME = "config.json"
+DEFAULT_CHUNK_SIZE = 4 << 20
+DEFAULT_KEEP_VERSIONS = 3
+
+
+def default_location() -> str:
+    """Return ``$BLOCKVAULT_REPO``, else the default for this user."""
+    env = os.environ.get(REPO_ENV)
+    if env:
+        return env
+    if os.geteuid() == 0:
+        return ROOT_DEFAULT
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return os.path.join(base, "blockvault", "repo")
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    """What a repository fixes at ``repo init``."""
+
+    id: str
+    format: int
+    chunk_size: int
+    keep_versions: int
+    """Images kept active per volume; older ones become inactive."""
+    created: str
+
+
+def now_iso() -> str:
+    """Return the current UTC time as ISO 8601 (milliseconds: two images a second apart sort)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Repository:
+    """Chunks and image manifests in one :class:`LocalStore`."""
+
+    def __init__(self, location: str, config: RepoConfig) -> None:
+        self.location = location
+        self.config = config
+        self.store = LocalStore(location)
+
+    # --- opening ---------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        location: str,
+        *,
+        keep_versions: int = DEFAULT_KEEP_VERSIONS,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> Repository:
+        """Create a repository at ``location`` (an empty or missing directory)."""
+        if keep_versions < 1:
+            raise RepositoryError(f"--keep-versions must be at least 1, not {keep_versions}")
+        if os.path.exists(os.path.join(location, CONFIG_NAME)):
+            raise RepositoryError(f"{location} already holds a blockvault repository")
+        if os.path.isdir(location) and os.listdir(location):
+            raise RepositoryError(
+                f"{location} is not empty and not a blockvault repository; choose another path"
+            )
+        try:
+            os.makedirs(location, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise RepositoryError(f"cannot create repository {location}: {e.strerror}") from None
+        config = RepoConfig(
+            id=uuid.uuid4().hex,
+            format=1,
+            chunk_size=chunk_size,
+            keep_versions=keep_versions,
+            created=now_iso(),
+        )
+        tmp = os.path.join(location, f".{CONFIG_NAME}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(asdict(config), f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(location, CONFIG_NAME))
+        return cls(location, config)
+
+    @classmethod
+    def open(cls, location: str | None = None, *, create: bool = True) -> Repository:
+        """Open the repository at ``location`` (default: :func:`default_location`).
+
+        The embedded default is created on first use; a path the user named must
+        already be a repository unless ``create`` is true.
+        """
+        location = os.path.abspath(location or default_location())
+        path = os.path.join(location, CONFIG_NAME)
+        if not os.path.exists(path):
+            if create and (not os.path.exists(location) or not os.listdir(location)):
+                return cls.init(location)
+            raise RepositoryError(
+                f"{location} is not a blockvault repository; create it with "
+                f"'blockvault repo init --repo {location}'"
+            )
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+            config = RepoConfig(**raw)
+        except (OSError, ValueError, TypeError) as e:
+            raise RepositoryError(f"{path} is unreadable or damaged: {e}") from None
+        if config.format != 1:
+            raise RepositoryError(f"{location} has repository format {config.format}; unsupported")
+        return cls(location, config)
+
+    # --- locking -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = False) -> Iterator[None]:
+        """Hold the repository lock: shared for backups and restores, exclusive for prune.
+
+        Prune deletes chunks no manifest names; a backup in flight may be about to
+        name them, so the two never overlap.
+        """
+        try:
+            fd = os.open(os.path.join(self.location, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            if exclusive or e.errno not in (errno.EROFS, errno.EACCES):
+                raise RepositoryError(
+                    f"cannot lock repository {self.location}: {e.strerror}"
+                ) from None
+            # A repository on read-only media: nothing can prune it under a reader.
+            yield
+            return
+        try:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                what = "a backup or restore" if exclusive else "a prune"
+                raise RepositoryError(
+                    f"repository {self.location} is busy ({what} is running); try again later"
+                ) from None
+            yield
+        finally:
+            os.close(fd)
+
+    # --- chunks ----------------------------------------------------------------------
+
+    def stored_chunks(self, digests: Iterable[bytes]) -> set[bytes]:
+        """Return the subset of ``digests`` already stored."""
+        keys = {chunk_key(d): d for d in digests}
+        return {keys[k] for k in self.store.exists_many(keys)}
+
+    def put_chunk(self, digest: bytes, stored: bytes) -> None:
+        """Store an encoded chunk (see :func:`core.repo.format.encode_chunk`)."""
+        self.store.put(chunk_key(digest), stored)
+
+    def get_chunk(self, digest: bytes) -> bytes:
+        """Return a chunk's plain bytes, verified against its digest."""
+        return decode_chunk(self.store.get(chunk_key(digest)), digest)
+
+    # --- images ------------------------------------------------------------------------
+
+    def put_image(self, manifest: ImageManifest) -> None:
+        """Make every chunk durable, then store the manifest: the image becomes visible."""
+        self.store.sync()
+        self.store.put(f"images/{manifest.id}", encode_manifest(manifest), durable=True)
+
+    def image_ids(self) -> list[str]:
+        """Return the ids of every image (ids sort by time)."""
+        return sorted(k.split("/", 1)[1] for k in self.store.list("images"))
+
+    def image(self, image_id: str) -> ImageManifest:
+        """Return one image's manifest."""
+        key = f"images/{image_id}"
+        try:
+            return decode_manifest(self.store.get(key), key)
+        except ObjectMissing:
+            raise RepositoryError(
+                f"no image {image_id} in {self.location}; see 'blockvault query image'"
+            ) from None
+
+    def images(self) -> list[ImageManifest]:
+        """Return every image's manifest, oldest first."""
+        return [self.image(i) for i in self.image_ids()]
+
+    def delete_image(self, image_id: str) -> None:
+        """Remove an image's manifest; its chunks stay until ``repo prune``."""
+        self.store.delete(f"images/{image_id}")

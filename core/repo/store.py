@@ -1,0 +1,192 @@
+"""The object API every repository backend implements, and the local-directory backend.
+
+Keys are ``KIND/NAME`` strings (``chunks/3f…``, ``images/20261126T…``). Objects are
+immutable: ``put`` of an existing key with the same content is a no-op, and a put
+is atomic (a reader sees the whole object or none).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+from typing import Protocol
+
+from core.errors import BlockvaultError
+
+
+class ObjectMissing(BlockvaultError):
+    """An object the repository should hold is not there."""
+
+
+class RepositoryError(BlockvaultError):
+    """The repository cannot be used (missing, unwritable, not a blockvault repository)."""
+
+
+class ObjectStore(Protocol):
+    """Put, get, batch-exists, list and delete immutable objects by key."""
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` atomically."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Return the object; raise :class:`ObjectMissing` if there is none."""
+        ...
+
+    def exists_many(self, keys: Iterable[str]) -> set[str]:
+        """Return the subset of ``keys`` that are stored."""
+        ...
+
+    def list(self, kind: str) -> Iterator[str]:
+        """Yield every key of ``kind`` (``chunks``, ``images``)."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+        ...
+
+    def size_of(self, key: str) -> int:
+        """Return the stored size of an object in bytes."""
+        ...
+
+    def sync(self) -> None:
+        """Make every object put so far durable (before a manifest names them)."""
+        ...
+
+
+_KEY = re.compile(r"^[a-z]+/[A-Za-z0-9._-]+$")
+TMP_PREFIX = ".tmp-"
+
+
+def check_key(key: str) -> tuple[str, str]:
+    """Return ``(kind, name)`` of a well-formed key; raise ValueError otherwise."""
+    if not _KEY.match(key) or ".." in key:
+        raise ValueError(f"bad object key {key!r}")
+    kind, name = key.split("/", 1)
+    return kind, name
+
+
+class LocalStore:
+    """Objects as files: ``ROOT/KIND/NN/NAME`` (two-character fan-out keeps directories small).
+
+    Objects are written to a temporary file and renamed into place without an fsync
+    each; :meth:`sync` makes them durable in one ``syncfs`` before any manifest that
+    names them is written (manifests are put with ``durable=True``).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.fspath(root)
+
+    def _path(self, key: str) -> str:
+        kind, name = check_key(key)
+        return os.path.join(self.root, kind, name[:2], name)
+
+    def put(self, key: str, data: bytes, *, durable: bool = False) -> None:
+        path = self._path(key)
+        directory = os.path.dirname(path)
+        tmp = os.path.join(directory, f"{TMP_PREFIX}{secrets.token_hex(8)}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.rename(tmp, path)
+        if durable:
+            _fsync_dir(directory)
+
+    def get(self, key: str) -> bytes:
+        try:
+            with open(self._path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise self._missing(key) from None
+
+    def exists_many(self, keys: Iterable[str]) -> set[str]:
+        found: set[str] = set()
+        for key in keys:
+            try:
+                # An empty file is what a crash can leave of an unsynced write: not stored.
+                if os.stat(self._path(key)).st_size > 0:
+                    found.add(key)
+            except FileNotFoundError:
+                continue
+        return found
+
+    def list(self, kind: str) -> Iterator[str]:
+        top = os.path.join(self.root, kind)
+        try:
+            fans = sorted(os.listdir(top))
+        except FileNotFoundError:
+            return
+        for fan in fans:
+            try:
+                names = sorted(os.listdir(os.path.join(top, fan)))
+            except NotADirectoryError:
+                continue
+            for name in names:
+                if not name.startswith(TMP_PREFIX):
+                    yield f"{kind}/{name}"
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(key))
+
+    def size_of(self, key: str) -> int:
+        try:
+            return os.stat(self._path(key)).st_size
+        except FileNotFoundError:
+            raise self._missing(key) from None
+
+    def _missing(self, key: str) -> ObjectMissing:
+        return ObjectMissing(f"object {key} is missing from the repository {self.root}")
+
+    def sync(self) -> None:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)
+
+    def temp_files(self) -> Iterator[str]:
+        """Yield leftovers of interrupted writes (removed by prune)."""
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(TMP_PREFIX):
+                    yield os.path.join(dirpath, name)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _syncfs(fd: int) -> None:
+    """Flush the whole file system holding ``fd`` (one call instead of an fsync per object)."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:  # some file systems cannot fsync a directory
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)

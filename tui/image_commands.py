@@ -1,0 +1,460 @@
+"""The image commands of the command line: backup, query, restore, delete, repo.
+
+They call core and render its results (rich for people, ``--json`` for scripts);
+no check is re-implemented here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from core.devices import scan
+from core.engine.backup import BackupOptions, backup_image
+from core.engine.events import Progress
+from core.engine.restore import RestorePlan, plan_restore, restore_image
+from core.errors import BlockvaultError, TargetError
+from core.findings import Finding, ReturnCode
+from core.repo.catalog import CatalogEntry, catalog, matches, target_names
+from core.repo.check import check_repository, prune_repository
+from core.repo.repository import Repository
+from core.snapshots import ImageType
+from core.targets import resolve
+from tui.format import SEVERITY_STYLE, human_size
+
+
+class ConfirmationRefused(BlockvaultError):
+    """The user did not confirm a destructive command by the exact name."""
+
+
+def print_findings(out: Console, findings: Sequence[Finding]) -> None:
+    """Print one line per finding, its severity as a word (never colour alone)."""
+    for f in findings:
+        style = SEVERITY_STYLE[f.severity]
+        out.print(f"[{style}]{f.severity.word:<7}[/] {f.code}: {escape(f.message)}", soft_wrap=True)
+
+
+def progress_printer(out: Console) -> Callable[[Progress], None] | None:
+    """Return a progress callback that redraws one status line on a terminal, else None."""
+    if not out.is_terminal:
+        return None
+
+    def show(p: Progress) -> None:
+        pct = 100 * p.done / p.total if p.total else 100.0
+        eta = f"  ETA {p.eta:.0f}s" if p.eta is not None else ""
+        out.file.write(f"\r{p.phase:<10} {pct:5.1f}%  {human_size(int(p.rate))}/s{eta}".ljust(60))
+        out.file.flush()
+
+    return show
+
+
+def _end_progress(out: Console) -> None:
+    if out.is_terminal:
+        out.file.write("\r" + " " * 60 + "\r")
+
+
+def open_repo(args: argparse.Namespace, *, create: bool) -> Repository:
+    """Open the repository named by ``--repo`` / ``$BLOCKVAULT_REPO`` / the default."""
+    return Repository.open(args.repo, create=create)
+
+
+def confirm_by_name(args: argparse.Namespace, name: str, what: str) -> None:
+    """Require ``--confirm NAME`` or, on a terminal, the name typed; raise otherwise."""
+    if getattr(args, "noprompt", False):
+        raise ConfirmationRefused(
+            f"-noprompt is not accepted for {what}: name the target with --confirm {name}"
+        )
+    given = args.confirm
+    if given is None:
+        if not sys.stdin.isatty() or args.json:
+            raise ConfirmationRefused(
+                f"{what} needs confirmation: add --confirm {name}; nothing was changed"
+            )
+        print(f"This will {what}. Type {name} to confirm: ", end="", file=sys.stderr, flush=True)
+        given = sys.stdin.readline().strip()
+    if given != name and os.path.realpath(given) != os.path.realpath(name):
+        raise ConfirmationRefused(
+            f"confirmation '{given}' does not name {name}; nothing was changed"
+        )
+
+
+# --- backup image ----------------------------------------------------------------------
+
+
+def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
+    repo = open_repo(args, create=True)
+    options = BackupOptions(
+        imagetype=ImageType(args.imagetype) if args.imagetype else None,
+        fallback_dynamic=args.snapshot_fallback == "dynamic",
+        snapshot_cache_pct=args.snapshotcachesize,
+        gap_size=args.imagegapsize,
+    )
+    progress = None if args.json else progress_printer(Console(stderr=True))
+    cancel = threading.Event()
+    try:
+        report = backup_image(args.target, repo, options, progress=progress, cancel=cancel)
+    finally:
+        if progress:
+            _end_progress(Console(stderr=True))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return int(report.return_code)
+    table = Table(title=f"image {report.image_id}", show_header=False, box=None)
+    rows = [
+        ("volume", f"{report.device} ({report.target})"),
+        (
+            "imagetype",
+            report.imagetype + (" (fuzzy)" if report.fuzzy else "") + f", {report.provider}",
+        ),
+        ("volume size", human_size(report.bytes_volume)),
+        ("read", human_size(report.bytes_read)),
+        ("skipped (unused)", f"{human_size(report.bytes_skipped)}  [{report.used_method}]"),
+        ("zero", human_size(report.bytes_zero)),
+        (
+            "stored new",
+            f"{human_size(report.bytes_stored_new)} from {human_size(report.bytes_new)}"
+            f" (×{report.compression_ratio:.2f})",
+        ),
+        ("deduplicated", human_size(report.bytes_dedup)),
+        (
+            "chunks",
+            f"{report.chunks} ({report.chunks_new} new, {report.chunks_dedup} dedup, "
+            f"{report.chunks_zero} zero)",
+        ),
+        ("duration", f"{report.duration:.2f} s ({human_size(int(report.throughput))}/s)"),
+    ]
+    for k, v in rows:
+        table.add_row(k, escape(v))
+    out.print(table)
+    print_findings(out, report.findings)
+    return int(report.return_code)
+
+
+# --- query image ---------------------------------------------------------------------------
+
+
+def _select(repo: Repository, target: str | None) -> list[CatalogEntry]:
+    entries = catalog(repo)
+    if target is None:
+        return entries
+    try:
+        device = resolve(target, scan()).device
+    except TargetError:
+        device = None  # the volume may be gone: match by the name given
+    names, uuid = target_names(target, device)
+    return [e for e in entries if matches(e, names, uuid)]
+
+
+def cmd_query_image(args: argparse.Namespace, out: Console) -> int:
+    repo = open_repo(args, create=False)
+    entries = [e for e in _select(repo, args.target) if e.active or args.inactive]
+    if args.json:
+        print(json.dumps({"images": [e.to_dict() for e in entries]}, indent=2))
+        return 0
+    if not entries:
+        what = f" of {args.target}" if args.target else ""
+        out.print(f"no {'' if args.inactive else 'active '}images{escape(what)} in {repo.location}")
+        return 0
+    # One block per volume, so the rows fit 80 columns without cutting an id.
+    by_volume: dict[str, list[CatalogEntry]] = {}
+    for e in entries:
+        by_volume.setdefault(str(e.manifest.volume.get("key")), []).append(e)
+    for key, group in by_volume.items():
+        v = group[0].manifest.volume
+        out.print(
+            f"[bold]{escape(key)}[/]  ({escape(str(v.get('device')))}, "
+            f"{escape(str(v.get('fstype') or 'raw'))}, host {escape(str(v.get('host')))})"
+        )
+        table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
+        table.add_column("image", no_wrap=True)
+        for col in ("taken", "size", "type", "state"):
+            table.add_column(col, no_wrap=True)
+        for e in group:
+            m = e.manifest
+            table.add_row(
+                m.id,
+                m.started[:16].replace("T", " "),
+                human_size(m.size),
+                m.imagetype + (" fuzzy" if m.fuzzy else ""),
+                "active" if e.active else "inactive",
+            )
+        out.print(table)
+    return 0
+
+
+# --- restore image ----------------------------------------------------------------------------
+
+
+def _pick_image(repo: Repository, source: str, image_id: str | None) -> CatalogEntry:
+    entries = _select(repo, source)
+    if image_id:
+        chosen = [e for e in catalog(repo) if e.manifest.id == image_id]
+        if not chosen:
+            raise TargetError(
+                f"no image {image_id} in {repo.location}; see 'blockvault query image'"
+            )
+        return chosen[0]
+    active = [e for e in entries if e.active]
+    if not active:
+        raise TargetError(
+            f"no active image of {source} in {repo.location}; "
+            "see 'blockvault query image --inactive'"
+        )
+    return max(active, key=lambda e: (e.manifest.started, e.manifest.id))
+
+
+def _print_plan(out: Console, plan: RestorePlan, entry: CatalogEntry) -> None:
+    m = entry.manifest
+    out.print(
+        f"restore image [bold]{m.id}[/] ({escape(str(m.volume.get('key')))}, "
+        f"{human_size(m.size)}, {m.imagetype}) → [bold]{escape(plan.confirm_name)}[/]"
+    )
+    dev = plan.device
+    if dev is not None:
+        ident = [human_size(dev.size), dev.kind.value, dev.fstype or "no file system"]
+        if dev.serial:
+            ident.append(f"serial {dev.serial}")
+        if dev.loop:
+            ident.append(f"backing {dev.loop.backing_file}")
+        out.print(f"  target: {escape(', '.join(ident))}")
+    print_findings(out, plan.findings)
+
+
+def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
+    repo = open_repo(args, create=False)
+    entry = _pick_image(repo, args.source, args.image)
+    m = entry.manifest
+    dest = args.dest or str(m.volume.get("device"))
+    plan = plan_restore(m, dest, repo, to_file=args.imagetofile, preserve_label=args.preserve_label)
+    if not args.json:
+        _print_plan(out, plan, entry)
+    refusal = None
+    if plan.blocked:
+        refusal = "refused: a blocker cannot be confirmed away; nothing was written"
+    else:
+        try:
+            confirm_by_name(
+                args, plan.confirm_name, f"overwrite {plan.confirm_name} with image {m.id}"
+            )
+        except ConfirmationRefused as e:
+            refusal = e.message
+    if refusal is not None:
+        if args.json:
+            doc = {
+                "image": m.id,
+                "dest": plan.confirm_name,
+                "error": refusal,
+                "findings": [f.to_dict() for f in plan.findings],
+                "return_code": int(ReturnCode.FAILED),
+            }
+            print(json.dumps(doc, indent=2))
+        print(f"blockvault: {refusal}", file=sys.stderr)
+        return int(ReturnCode.FAILED)
+    progress = None if args.json else progress_printer(Console(stderr=True))
+    try:
+        report = restore_image(
+            m,
+            dest,
+            repo,
+            confirm=plan.confirm_name,
+            to_file=args.imagetofile,
+            preserve_label=args.preserve_label,
+            verify=args.verifyimage,
+            progress=progress,
+        )
+    finally:
+        if progress:
+            _end_progress(Console(stderr=True))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return int(report.return_code)
+    out.print(
+        f"restored {human_size(report.bytes_written)} of data and zeroed "
+        f"{human_size(report.bytes_zeroed)} in {report.duration:.2f} s"
+        + ("; verified by reading back" if report.verified else "")
+    )
+    print_findings(out, [f for f in report.findings if f.code.startswith("FSCK")])
+    return int(report.return_code)
+
+
+# --- delete backup ------------------------------------------------------------------------------
+
+
+def cmd_delete_backup(args: argparse.Namespace, out: Console) -> int:
+    if args.objtype != "image":
+        raise TargetError(f"--objtype {args.objtype} is not supported; use --objtype image")
+    repo = open_repo(args, create=False)
+    entries = _select(repo, args.target)
+    if args.image:
+        victims = [e for e in entries if e.manifest.id == args.image]
+        if not victims:
+            raise TargetError(
+                f"{args.target} has no image {args.image}; see 'blockvault query image'"
+            )
+    elif args.inactive:
+        victims = [e for e in entries if not e.active]
+    else:
+        victims = entries
+        if victims:
+            confirm_by_name(args, args.target, f"delete all {len(victims)} images of {args.target}")
+    for e in victims:
+        repo.delete_image(e.manifest.id)
+    if args.json:
+        print(json.dumps({"deleted": [e.manifest.id for e in victims]}))
+    else:
+        out.print(f"deleted {len(victims)} image(s); 'blockvault repo prune' frees their chunks")
+    return 0
+
+
+# --- repo ------------------------------------------------------------------------------
+
+
+def cmd_repo(args: argparse.Namespace, out: Console) -> int:
+    if args.action == "init":
+        from core.repo.repository import default_location
+
+        repo = Repository.init(args.repo or default_location(), keep_versions=args.keep_versions)
+        result: dict[str, Any] = {
+            "location": repo.location,
+            "id": repo.config.id,
+            "keep_versions": repo.config.keep_versions,
+        }
+        if args.json:
+            print(json.dumps(result))
+        else:
+            out.print(
+                f"initialised repository {escape(repo.location)} "
+                f"(keeps {repo.config.keep_versions} versions per volume)"
+            )
+        return 0
+    repo = open_repo(args, create=False)
+    if args.action == "check":
+        report = check_repository(repo)
+        if args.json:
+            print(json.dumps(report.to_dict(), indent=2))
+        else:
+            out.print(
+                f"checked {report.images} images and {report.chunks} chunks "
+                f"({human_size(report.bytes_checked)})"
+            )
+            print_findings(out, report.findings)
+            if report.return_code == 0:
+                out.print("repository is healthy")
+        return int(report.return_code)
+    pruned = prune_repository(repo)
+    if args.json:
+        print(json.dumps(pruned.to_dict()))
+    else:
+        out.print(
+            f"deleted {pruned.chunks_deleted} chunks ({human_size(pruned.bytes_freed)} freed), "
+            f"kept {pruned.chunks_kept}; removed {pruned.temp_files_removed} leftovers"
+        )
+    return 0
+
+
+def parse_size(text: str) -> int:
+    """Parse ``32K``, ``4M``, ``1G`` or bytes, for ``--imagegapsize``."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use e.g. 32K, 4M or bytes") from None
+
+
+def add_image_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add backup/query/restore/delete/repo to the command line's subparsers."""
+    backup = sub.add_parser("backup", help="back up a volume").add_subparsers(
+        dest="what", metavar="image", required=True
+    )
+    p = backup.add_parser("image", parents=[common], help="take an image backup of TARGET")
+    p.add_argument("target", metavar="TARGET", help="block device or mount point")
+    p.add_argument(
+        "--imagetype",
+        choices=[t.value for t in ImageType],
+        help="static (offline, remount ro), snapshot (online), dynamic (as is, fuzzy); "
+        "default: snapshot where possible, else static",
+    )
+    p.add_argument(
+        "--snapshot-fallback",
+        choices=["none", "dynamic"],
+        default="none",
+        help="when no snapshot provider applies: fail (none) or copy as is (dynamic)",
+    )
+    p.add_argument(
+        "--snapshotcachesize",
+        type=int,
+        default=10,
+        metavar="PCT",
+        help="LVM snapshot size, percent of the origin (default 10)",
+    )
+    p.add_argument(
+        "--imagegapsize",
+        type=parse_size,
+        default=32 << 10,
+        metavar="SIZE",
+        help="smallest unused gap skipped rather than read (default 32K)",
+    )
+    p.set_defaults(func=cmd_backup_image, needs_root=True)
+
+    query = sub.add_parser("query", help="list images").add_subparsers(
+        dest="what", metavar="image", required=True
+    )
+    p = query.add_parser("image", parents=[common], help="list images (of TARGET)")
+    p.add_argument("target", metavar="TARGET", nargs="?")
+    p.add_argument("--inactive", action="store_true", help="also list inactive versions")
+    p.set_defaults(func=cmd_query_image)
+
+    restore = sub.add_parser("restore", help="restore a volume").add_subparsers(
+        dest="what", metavar="image", required=True
+    )
+    p = restore.add_parser("image", parents=[common], help="restore an image of SOURCE to DEST")
+    p.add_argument("source", metavar="SOURCE", help="the volume the image was taken from")
+    p.add_argument("dest", metavar="DEST", nargs="?", help="default: the original device")
+    p.add_argument("--image", metavar="ID", help="image version (default: newest active)")
+    p.add_argument("--imagetofile", action="store_true", help="restore into a regular file DEST")
+    p.add_argument("--verifyimage", action="store_true", help="read DEST back and compare")
+    p.add_argument(
+        "--preserve-label",
+        action="store_true",
+        help="leave DEST's disk label area (sector 0 / VTOC, GPT headers) untouched",
+    )
+    p.add_argument(
+        "--confirm", metavar="NAME", help="DEST's exact name: required without a terminal"
+    )
+    p.add_argument("--noprompt", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_restore_image, needs_root=True)
+
+    delete = sub.add_parser("delete", help="delete backups").add_subparsers(
+        dest="what", metavar="backup", required=True
+    )
+    p = delete.add_parser("backup", parents=[common], help="delete image versions of TARGET")
+    p.add_argument("target", metavar="TARGET")
+    p.add_argument("--objtype", required=True, help="image")
+    p.add_argument("--image", metavar="ID", help="only this image")
+    p.add_argument("--inactive", action="store_true", help="only the inactive versions")
+    p.add_argument("--confirm", metavar="NAME", help="TARGET, to delete all its images")
+    p.add_argument("--noprompt", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_delete_backup)
+
+    p = sub.add_parser("repo", parents=[common], help="init, check or prune the repository")
+    p.add_argument("action", choices=["init", "check", "prune"])
+    p.add_argument(
+        "--keep-versions",
+        type=int,
+        default=3,
+        metavar="N",
+        help="init: active images kept per volume (default 3)",
+    )
+    p.set_defaults(func=cmd_repo)
