@@ -139,11 +139,13 @@ def _mount_findings(vol: Volume, tree: DeviceTree, fstab: Sequence[FstabEntry]) 
             )
     else:
         out.append(
-            F.blocker(
+            # The guide refuses such a volume outright; an unmounted volume is the best
+            # moment for an image, so blockvault files it under its device path and says so.
+            F.warning(
                 "FS_NO_MOUNT_POINT",
                 f"{dev.path} holds a {dev.fstype} file system with no mount point (not mounted, "
-                f"not in {fstab_path()}); mount it or add it to {fstab_path()}, since an "
-                "image backup is named by its mount point",
+                f"not in {fstab_path()}): its images are filed under {dev.path}; add it to "
+                f"{fstab_path()} to file them under a mount point that survives renumbering",
             )
         )
 
@@ -235,27 +237,32 @@ def _process_findings(uses: Sequence[ProcessUse], dev: BlockDevice) -> list[Find
     return out
 
 
+def container_label_findings(dev: BlockDevice, tree: DeviceTree) -> list[Finding]:
+    """Return what the label of the disk ``dev`` lies on says of ``dev``'s extent.
+
+    The disk is a device of the tree (its label already read) or, for a loop slice of
+    a file no loop device maps whole, the backing file itself.
+    """
+    if dev.extent is None:
+        return []
+    container = tree.by_path(dev.extent.container)
+    if container is not None:
+        label = container.label
+    else:
+        try:
+            with FileSource(dev.extent.container) as src:
+                label = read_label(src)
+        except OSError:
+            label = None
+    if label is None:
+        return []
+    return extent_findings(
+        label, dev.extent.start, dev.extent.size, disk=dev.extent.container, volume=dev.path
+    )
+
+
 def _label_findings(dev: BlockDevice, tree: DeviceTree) -> list[Finding]:
-    out: list[Finding] = []
-    if dev.extent is not None:
-        container = tree.by_path(dev.extent.container)
-        label = container.label if container is not None else None
-        if container is None:
-            try:
-                with FileSource(dev.extent.container) as src:
-                    label = read_label(src)
-            except OSError:
-                label = None
-        if label is not None:
-            out.extend(
-                extent_findings(
-                    label,
-                    dev.extent.start,
-                    dev.extent.size,
-                    disk=dev.extent.container,
-                    volume=dev.path,
-                )
-            )
+    out = container_label_findings(dev, tree)
     try:
         with FileSource(dev.path) as src:
             out.extend(volume_label_findings(src, volume=dev.path))

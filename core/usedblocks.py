@@ -10,8 +10,8 @@ raw volume, is read whole.
 What the map holds beyond the bitmaps' used blocks, each on purpose (safe,
 meaning more data read, beats wrong, meaning data lost):
 
-- The first MiB of the volume. With 1 KiB blocks, block 0 (boot code) belongs
-  to no group and no bitmap covers it; boot loaders also keep code there. A
+- The first MiB of the volume. With 1 KiB blocks, block 0 belongs to no group
+  and no bitmap covers it, yet boot loaders keep code in the first KiB. A
   restored image must mount and boot, and a MiB costs nothing.
 - The bytes past the file system's last block up to the volume's end. They are
   not the file system's to describe (an md 1.0 superblock, a grown partition
@@ -51,6 +51,8 @@ file-system type the caller passes in.
 from __future__ import annotations
 
 import bisect
+import itertools
+import operator
 import re
 import struct
 from dataclasses import dataclass
@@ -92,16 +94,18 @@ class UsedMap:
     ranges: tuple[tuple[int, int], ...]
     """Sorted, non-overlapping, non-adjacent half-open byte ranges ``[start, end)``."""
     block_size: int
-    """The unit the ranges were found in; every boundary is a multiple of it or ``size``."""
+    """The file system's block size (a sector for a whole volume); every boundary is a
+    multiple of it, but for ``size``."""
     method: str
     """How the map was made: a :class:`UsedMethod` value."""
 
     def __post_init__(self) -> None:
-        previous_end = -1
-        for start, end in self.ranges:
-            if not previous_end < start < end <= self.size:
-                raise ValueError(f"ranges must be sorted, apart and within the volume: {start}")
-            previous_end = end
+        # Strictly rising boundaries: each range is non-empty, sorted and apart.
+        bounds = list(itertools.chain.from_iterable(self.ranges))
+        rising = all(map(operator.lt, bounds, itertools.islice(bounds, 1, None)))
+        inside = not bounds or (bounds[0] >= 0 and bounds[-1] <= self.size)
+        if len(bounds) != 2 * len(self.ranges) or not rising or not inside:
+            raise ValueError("ranges must be sorted, apart, non-empty and within the volume")
 
     @property
     def used_bytes(self) -> int:
@@ -475,7 +479,7 @@ def _read_geometry(sb: bytes, volume_size: int) -> _Geometry:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Group:
     block_bitmap: int
     inode_bitmap: int

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from children import holder
 from cliutil import ROOT, blockvault
 from imagekit import device_digest, fsck_clean, populate, tree_digest
 
@@ -132,18 +133,8 @@ def test_unchanged_volume_stores_almost_nothing_new(loopkit, repo):
 def test_static_backup_refused_while_a_process_writes(loopkit, repo):
     vol = loopkit.volume("32M", "ext4")
     target = vol.mount_point / "busy.log"
-    p = subprocess.Popen(
-        [sys.executable, "-c", f"f=open({str(target)!r},'w'); print('ok', flush=True); input()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert p.stdout.readline().strip() == "ok"
+    with holder(f"f = open({str(target)!r}, 'w')") as p:
         res = bv(repo, "backup", "image", vol.device, "--imagetype", "static")
-    finally:
-        p.kill()
-        p.wait()
     assert res.rc == 12
     assert f"pid {p.pid}" in res.err
     assert bv(repo, "query", "image", "--json").json()["images"] == []

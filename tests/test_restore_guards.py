@@ -47,7 +47,9 @@ def refused(repo, source, dest, *extra):
 
 
 def test_mounted_destination_is_a_blocker_that_confirm_cannot_override(loopkit, repo, imaged):
-    dest = loopkit.volume("16M", "ext4")
+    dest = loopkit.volume("16M", "ext4", mount=False)
+    # Mounted read-only: a read-write ext4 writes its own bytes (lazy init, journal).
+    loopkit.mount(dest.device, None, "ro")
     res = refused(repo, imaged.device, dest.device, "--confirm", dest.device)
     assert "DEST_MOUNTED" in codes(res.json()["findings"])
 

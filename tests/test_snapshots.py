@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from children import holder
 from cliutil import ROOT
 from loopkit import MKFS, LoopKit, run
 
@@ -95,27 +96,6 @@ def write_completes(mount_point: Path, name: str, timeout: float = 20) -> bool:
         p.kill()
         p.wait()
         return False
-
-
-@contextmanager
-def holder(script: str) -> Iterator[subprocess.Popen[str]]:
-    """Run a Python child that does ``script``, prints ready, then waits; kill it on exit."""
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            script + "\nprint('ready', flush=True)\nimport sys; sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        yield p
-    finally:
-        p.kill()
-        p.wait()
 
 
 @dataclass

@@ -64,6 +64,10 @@ def debugfs(image: Path, request: str, *, write: bool = False) -> str:
     return proc.stdout
 
 
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def normalized(ranges: Iterable[Range]) -> list[Range]:
     """Sort ranges and join the overlapping and adjacent ones."""
     joined: list[Range] = []
@@ -301,7 +305,7 @@ def test_blocks_of_a_deleted_file_are_left_out_though_they_still_hold_its_data(
     path = make_image(tmp_path / "fs.img", Layout("ext4", "mkfs.ext4", "-b 4096"), tree)
     before = map_of(path)
     blocks = [int(b) for b in debugfs(path, "blocks /doomed.bin").split()]
-    assert len(blocks) == _ceil(MiB + 7, 4096)
+    assert len(blocks) == ceil_div(MiB + 7, 4096)
     debugfs(path, "rm /doomed.bin", write=True)
     assert run("e2fsck", "-fn", str(path)).returncode == 0
 
@@ -600,7 +604,3 @@ def test_short_or_mutated_volume_gives_a_map_or_used_blocks_error(
 def test_unmutated_small_image_is_mapped(small_ext4: bytes):
     used = used_map(BytesSource(small_ext4), "ext4")
     assert BOOT_REGION < used.used_bytes < len(small_ext4)
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)

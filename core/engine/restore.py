@@ -16,17 +16,17 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any
 
 from core import findings as F
 from core.bytesource import FileSource
 from core.devices import BlockDevice, DeviceTree, scan
-from core.engine.events import Meter, ProgressFn
+from core.engine.events import JobReport, Meter, ProgressFn
 from core.engine.reader import ChunkReader
 from core.errors import BlockvaultError
-from core.findings import Finding, ReturnCode, Severity
-from core.labels import extent_findings, read_label
+from core.findings import Finding, Severity
+from core.labels import read_label
 from core.mounts import processes_using, read_active_swaps
+from core.preflight import container_label_findings
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_digest
 from core.repo.repository import Repository
 from core.targets import TargetCodeError, resolve
@@ -71,7 +71,7 @@ class RestorePlan:
 
 
 @dataclass
-class RestoreReport:
+class RestoreReport(JobReport):
     """What a restore did."""
 
     image_id: str
@@ -83,20 +83,6 @@ class RestoreReport:
     verified: bool = False
     duration: float = 0.0
     findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def return_code(self) -> ReturnCode:
-        """0, or 8 with warnings."""
-        worst = F.worst(self.findings)
-        return ReturnCode.WARNINGS if worst and worst >= Severity.WARNING else ReturnCode.OK
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON report."""
-        d = {k: v for k, v in self.__dict__.items() if k != "findings"}
-        d["findings"] = [f.to_dict() for f in self.findings]
-        d["duration"] = round(self.duration, 3)
-        d["return_code"] = int(self.return_code)
-        return d
 
 
 def _family(dev: BlockDevice, tree: DeviceTree) -> list[BlockDevice]:
@@ -278,33 +264,13 @@ def _label_hits(manifest: ImageManifest, dev: BlockDevice, tree: DeviceTree) -> 
             f"the image begins with a {manifest.label['kind']} disk label, which will be "
             f"written over {dev.path}'s first sectors"
         )
-    if dev.extent is not None:
-        container = tree.by_path(dev.extent.container)
-        label = container.label if container is not None else None
-        if label is None and container is None:
-            try:
-                with FileSource(dev.extent.container) as src:
-                    label = read_label(src)
-            except OSError:
-                label = None
-        if label is not None:
-            covered = [
-                f
-                for f in extent_findings(
-                    label,
-                    dev.extent.start,
-                    dev.extent.size,
-                    disk=dev.extent.container,
-                    volume=dev.path,
-                )
-                if f.severity is Severity.WARNING
-            ]
-            if covered:
-                reasons.append(
-                    f"{dev.path} covers the label of {dev.extent.container} "
-                    f"({covered[0].code}): restoring overwrites that disk's label"
-                )
-    elif dev.label is not None and manifest.label is None:
+    covered = [f for f in container_label_findings(dev, tree) if f.severity is Severity.WARNING]
+    if covered:
+        reasons.append(
+            f"{dev.path} covers the label of {covered[0].details['disk']} "
+            f"({covered[0].code}): restoring overwrites that disk's label"
+        )
+    if not covered and dev.label is not None and manifest.label is None:
         reasons.append(f"{dev.path} holds a {dev.label.kind.value} label that will be overwritten")
     return "; ".join(reasons)
 

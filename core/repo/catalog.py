@@ -14,12 +14,16 @@ from core.repo.format import ImageManifest
 from core.repo.repository import Repository
 
 
-def volume_key(device: BlockDevice) -> str:
-    """Return the name images of a volume are filed under: its mount point, else its device.
+def volume_key(device: BlockDevice, fstab_mount_point: str | None = None) -> str:
+    """Return the name images of a volume are filed under.
 
-    The guide files an image under the file space (mount point); a raw volume has none.
+    The guide files an image under its file space (the mount point): the current one,
+    else the one fstab gives; a raw volume, or a file system with neither, under its
+    device path.
     """
-    return device.mount_points[0] if device.mount_points else device.path
+    if device.mount_points:
+        return device.mount_points[0]
+    return fstab_mount_point or device.path
 
 
 @dataclass(frozen=True)

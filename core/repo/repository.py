@@ -13,7 +13,7 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -171,7 +171,7 @@ class Repository:
         keys = {chunk_key(d): d for d in digests}
         return {keys[k] for k in self.store.exists_many(keys)}
 
-    def put_chunk(self, digest: bytes, stored: bytes) -> None:
+    def put_chunk(self, digest: bytes, stored: Sequence[bytes | memoryview]) -> None:
         """Store an encoded chunk (see :func:`core.repo.format.encode_chunk`)."""
         self.store.put(chunk_key(digest), stored)
 

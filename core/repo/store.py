@@ -13,7 +13,7 @@ import errno
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from core.errors import BlockvaultError
@@ -30,8 +30,8 @@ class RepositoryError(BlockvaultError):
 class ObjectStore(Protocol):
     """Put, get, batch-exists, list and delete immutable objects by key."""
 
-    def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` under ``key`` atomically."""
+    def put(self, key: str, data: Buffers) -> None:
+        """Store ``data`` (one buffer, or several to concatenate) under ``key`` atomically."""
         ...
 
     def get(self, key: str) -> bytes:
@@ -57,6 +57,25 @@ class ObjectStore(Protocol):
     def sync(self) -> None:
         """Make every object put so far durable (before a manifest names them)."""
         ...
+
+
+Buffers = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
+"""What put() takes: one buffer, or several written back to back."""
+
+
+def _write_all(fd: int, data: Buffers) -> None:
+    parts = (
+        [memoryview(data)]
+        if isinstance(data, bytes | bytearray | memoryview)
+        else [memoryview(p) for p in data]
+    )
+    while parts:
+        n = os.writev(fd, parts)
+        while parts and n >= len(parts[0]):
+            n -= len(parts[0])
+            parts.pop(0)
+        if parts and n:
+            parts[0] = parts[0][n:]
 
 
 _KEY = re.compile(r"^[a-z]+/[A-Za-z0-9._-]+$")
@@ -86,7 +105,7 @@ class LocalStore:
         kind, name = check_key(key)
         return os.path.join(self.root, kind, name[:2], name)
 
-    def put(self, key: str, data: bytes, *, durable: bool = False) -> None:
+    def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
         path = self._path(key)
         directory = os.path.dirname(path)
         tmp = os.path.join(directory, f"{TMP_PREFIX}{secrets.token_hex(8)}")
@@ -96,11 +115,13 @@ class LocalStore:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
             if durable:
                 os.fsync(fd)
+            else:
+                # Start writing back now, without waiting: by the time the manifest needs
+                # every chunk durable, the disk has been busy all along instead of at the end.
+                _start_writeback(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -172,6 +193,14 @@ class LocalStore:
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _start_writeback(fd: int) -> None:
+    """Queue a file's dirty pages for writeback (``sync_file_range``; returns at once)."""
+    _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), _SYNC_FILE_RANGE_WRITE)
 
 
 def _syncfs(fd: int) -> None:
