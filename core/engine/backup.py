@@ -204,7 +204,10 @@ def backup_image(
             previous = _previous_digests(repo, key)
             total = sum(e - s for _, rs in work for s, e in rs)
             meter = Meter("reading", total, progress, cancel)
-            _run_pipeline(view, repo, work, chunk_size, table, previous, report, meter, options)
+            try:
+                _run_pipeline(view, repo, work, chunk_size, table, previous, report, meter, options)
+            finally:
+                repo.store.release()
             report.chunks = len(table) // len(ZERO_ID)
             report.bytes_skipped = view.size - report.bytes_read
             meter.finish("committing")

@@ -13,6 +13,8 @@ import errno
 import os
 import re
 import secrets
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
@@ -100,6 +102,7 @@ class LocalStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.fspath(root)
+        self._behind = _WriteBehind()
 
     def _path(self, key: str) -> str:
         kind, name = check_key(key)
@@ -118,16 +121,15 @@ class LocalStore:
             _write_all(fd, data)
             if durable:
                 os.fsync(fd)
-            else:
-                # Start writing back now, without waiting: by the time the manifest needs
-                # every chunk durable, the disk has been busy all along instead of at the end.
-                _start_writeback(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
             raise
-        os.close(fd)
         os.rename(tmp, path)
+        if durable:
+            os.close(fd)
+        else:
+            self._behind.add(fd)
         if durable:
             _fsync_dir(directory)
 
@@ -177,7 +179,12 @@ class LocalStore:
     def _missing(self, key: str) -> ObjectMissing:
         return ObjectMissing(f"object {key} is missing from the repository {self.root}")
 
+    def release(self) -> None:
+        """Finish the write-behind of objects put so far (also on a failed backup's way out)."""
+        self._behind.drain()
+
     def sync(self) -> None:
+        self._behind.drain()
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             _syncfs(fd)
@@ -195,12 +202,56 @@ class LocalStore:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+_SYNC_FILE_RANGE_WAIT_BEFORE = 1
 _SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE_WAIT_AFTER = 4
 
 
-def _start_writeback(fd: int) -> None:
-    """Queue a file's dirty pages for writeback (``sync_file_range``; returns at once)."""
-    _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), _SYNC_FILE_RANGE_WRITE)
+def _sync_file_range(fd: int, flags: int) -> None:
+    _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), flags)
+
+
+class _WriteBehind:
+    """Objects whose writeback has started; the oldest are waited for and dropped from cache.
+
+    Writeback starts as soon as an object is written, so the disk is busy all along
+    rather than in one flush before the manifest; and once an object is on disk its
+    pages leave the page cache, so a backup of a large volume does not push the
+    server's own working set out of memory. The window also bounds dirty memory.
+    """
+
+    WINDOW = 8
+
+    def __init__(self) -> None:
+        self._fds: deque[int] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, fd: int) -> None:
+        _sync_file_range(fd, _SYNC_FILE_RANGE_WRITE)
+        with self._lock:
+            self._fds.append(fd)
+            oldest = self._fds.popleft() if len(self._fds) > self.WINDOW else None
+        if oldest is not None:
+            self._retire(oldest)
+
+    def drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._fds:
+                    return
+                fd = self._fds.popleft()
+            self._retire(fd)
+
+    @staticmethod
+    def _retire(fd: int) -> None:
+        try:
+            _sync_file_range(
+                fd,
+                _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE | _SYNC_FILE_RANGE_WAIT_AFTER,
+            )
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def _syncfs(fd: int) -> None:
