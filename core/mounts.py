@@ -10,8 +10,6 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-import psutil
-
 MOUNTINFO_PATH = "/proc/self/mountinfo"
 FSTAB_ENV = "BLOCKVAULT_FSTAB"
 """Environment variable naming another fstab (chroots, rescue systems and tests)."""
@@ -214,6 +212,10 @@ def _iter_fds(pid: int) -> Iterator[tuple[str, str]]:
             continue
 
 
+def _pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
 def processes_using(
     mount_points: Iterable[str] = (), devices: Iterable[str] = ()
 ) -> tuple[ProcessUse, ...]:
@@ -227,7 +229,7 @@ def processes_using(
     devs = {os.path.realpath(d) for d in devices}
     uses: list[ProcessUse] = []
     me = os.getpid()
-    for pid in psutil.pids():
+    for pid in _pids():
         if pid == me:
             continue
         found: list[ProcessUse] = []

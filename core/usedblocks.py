@@ -266,6 +266,8 @@ class _Geometry:
     desc_blocks: int
     reserved_gdt_blocks: int
     inode_table_blocks: int
+    inode_size: int
+    inodes_per_group: int
     meta_bg: bool
     first_meta_bg: int
     sparse_super: bool
@@ -470,6 +472,8 @@ def _read_geometry(sb: bytes, volume_size: int) -> _Geometry:
         desc_blocks=desc_blocks,
         reserved_gdt_blocks=reserved_gdt_blocks,
         inode_table_blocks=_ceil_div(inodes_per_group * inode_size, block_size),
+        inode_size=inode_size,
+        inodes_per_group=inodes_per_group,
         meta_bg=meta_bg,
         first_meta_bg=first_meta_bg,
         sparse_super=bool(ro_compat & _RO_COMPAT_SPARSE_SUPER),
@@ -485,6 +489,8 @@ class _Group:
     inode_bitmap: int
     inode_table: int
     block_uninit: bool
+    itable_unused: int = 0
+    """Inodes at the end of the group's table never used (trusted only with group checksums)."""
 
 
 def _read_blocks(source: ByteSource, geo: _Geometry, first: int, count: int, what: str) -> bytes:
@@ -540,7 +546,13 @@ def _read_groups(source: ByteSource, geo: _Geometry) -> list[_Group]:
         ):
             raise _refuse(f"group {number}'s bitmaps or inode table lie outside the file system")
         block_uninit = geo.uninit_flag_honoured and bool(flags & _BG_BLOCK_UNINIT)
-        groups.append(_Group(block_bitmap, inode_bitmap, inode_table, block_uninit))
+        itable_unused = 0
+        if geo.uninit_flag_honoured:
+            itable_unused = struct.unpack_from("<H", table, offset + 0x1C)[0]
+            if wide:
+                itable_unused |= struct.unpack_from("<H", table, offset + 0x32)[0] << 16
+            itable_unused = min(itable_unused, geo.inodes_per_group)
+        groups.append(_Group(block_bitmap, inode_bitmap, inode_table, block_uninit, itable_unused))
     return groups
 
 
@@ -668,6 +680,82 @@ def _with_range(flat: list[int], start: int, end: int) -> None:
     flat[low:high] = ([] if low % 2 else [start]) + ([] if high % 2 else [end])
 
 
+def _without_range(flat: list[int], start: int, end: int) -> None:
+    """Remove ``[start, end)`` from the flattened sorted ranges ``flat``."""
+    if start >= end:
+        return
+    low = bisect.bisect_left(flat, start)  # odd: a range begins before start and reaches it
+    high = bisect.bisect_right(flat, end)  # odd: a range begins at or before end, ends after
+    flat[low:high] = ([start] if low % 2 else []) + ([end] if high % 2 else [])
+
+
+def _unused_inode_tails(geo: _Geometry, groups: list[_Group]) -> list[tuple[int, int]]:
+    """Return the byte ranges of inode tables that hold only never-used inodes.
+
+    With group checksums the kernel and e2fsck trust ``bg_itable_unused``: inodes past
+    the used part are initialised when first allocated and never read before, so
+    restoring that tail as zeros is what a zeroed table holds anyway.
+    """
+    tails: list[tuple[int, int]] = []
+    bs = geo.block_size
+    for g in groups:
+        used_inodes = geo.inodes_per_group - g.itable_unused
+        first_free_block = _ceil_div(used_inodes * geo.inode_size, bs)
+        if g.itable_unused and first_free_block < geo.inode_table_blocks:
+            start = (g.inode_table + first_free_block) * bs
+            tails.append((start, (g.inode_table + geo.inode_table_blocks) * bs))
+    return tails
+
+
+_JOURNAL_MAGIC = 0xC03B3998
+_EXTENT_MAGIC = 0xF30A
+_JNL_BACKUP_BLOCKS = 1
+
+
+def _clean_journal_log(source: ByteSource, sb: bytes, geo: _Geometry) -> tuple[int, int] | None:
+    """Return the byte range of an internal journal's log when it holds nothing to replay.
+
+    A clean journal (journal superblock ``s_start == 0``; the file system's
+    needs_recovery flag is refused earlier) is never read past its superblock: on
+    mount, jbd2 sees it empty and starts writing afresh. Its log is then old
+    transactions only, and restoring it as zeros changes nothing. The journal's
+    blocks come from the superblock's backup of the journal inode (``s_jnl_blocks``),
+    so no inode table is read; anything unexpected keeps the journal in the map.
+    """
+    compat = _u32(sb, 0x5C)
+    if not compat & _COMPAT_HAS_JOURNAL or _u32(sb, 0xE0) == 0 or sb[0xFD] != _JNL_BACKUP_BLOCKS:
+        return None
+    i_block = sb[0x10C : 0x10C + 60]
+    magic, entries, _max, depth = struct.unpack_from("<HHHH", i_block, 0)
+    if magic != _EXTENT_MAGIC or depth != 0 or not 1 <= entries <= 4:
+        return None
+    extents = []
+    for n in range(entries):
+        logical, length, start_hi, start_lo = struct.unpack_from("<IHHI", i_block, 12 + 12 * n)
+        if length > 32768:  # an uninitialised extent: not a journal's
+            return None
+        extents.append((logical, length, (start_hi << 32) | start_lo))
+    extents.sort()
+    # Only one contiguous extent is handled: the journal mke2fs and tune2fs make.
+    if len(extents) != 1 or extents[0][0] != 0 or extents[0][1] < 2:
+        return None
+    _, length, first = extents[0]
+    if not (geo.first_data_block < first and first + length <= geo.blocks_count):
+        return None
+    bs = geo.block_size
+    jsb = source.read_at(first * bs, 1024)
+    if len(jsb) < 1024:
+        return None
+    j_magic, j_type, _seq, j_blocksize, j_maxlen, _first, _sequence, j_start = struct.unpack_from(
+        ">IIIIIIII", jsb, 0
+    )
+    if j_magic != _JOURNAL_MAGIC or j_type not in (3, 4) or j_blocksize != bs or j_start != 0:
+        return None  # v1/v2 superblock types only; a non-empty log must be kept
+    if j_maxlen > length:
+        return None
+    return ((first + 1) * bs, (first + length) * bs)
+
+
 def _ext_used_map(source: ByteSource) -> UsedMap:
     size = source.size
     sb = source.read_at(_SB_OFFSET, _SB_SIZE)
@@ -676,6 +764,11 @@ def _ext_used_map(source: ByteSource) -> UsedMap:
     geo = _read_geometry(sb, size)
     groups = _read_groups(source, geo)
     flat = _used_offsets(source, geo, groups)
+    for start, end in _unused_inode_tails(geo, groups):
+        _without_range(flat, start, end)
+    journal_log = _clean_journal_log(source, sb, geo)
+    if journal_log is not None:
+        _without_range(flat, *journal_log)
     _with_range(flat, 0, min(BOOT_REGION, size))
     fs_end = geo.blocks_count * geo.block_size
     if fs_end < size:

@@ -46,6 +46,13 @@ def blockvault_as_nobody(*args: str) -> Result:
     Forked rather than exec'd: the interpreter may live where nobody cannot read it
     (``/root/.pyenv``), and the behaviour under test is blockvault's, not the exec's.
     """
+    # Modules the CLI imports lazily are imported here, while root can still read the
+    # interpreter's library (it may live under /root, which nobody cannot read).
+    import rich.console
+    import rich.markup
+    import rich.table
+    import rich.tree  # noqa: F401
+
     from tui.cli import main
 
     out_r, out_w = os.pipe()
@@ -63,6 +70,11 @@ def blockvault_as_nobody(*args: str) -> Result:
             sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
             rc = main(list(args))
             sys.stdout.flush()
+            sys.stderr.flush()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
             sys.stderr.flush()
         finally:
             os._exit(rc)

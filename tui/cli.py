@@ -11,11 +11,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
-
-from rich.console import Console
-from rich.markup import escape
-from rich.tree import Tree
+from typing import TYPE_CHECKING, NoReturn
 
 from core.devices import BlockDevice, DeviceTree, scan
 from core.errors import BlockvaultError, NeedsRootError
@@ -24,6 +20,10 @@ from core.preflight import check_volume
 from core.repo.repository import REPO_ENV, ROOT_DEFAULT
 from tui.format import SEVERITY_STYLE, badges, human_size
 from tui.image_commands import add_image_commands
+
+if TYPE_CHECKING:  # rich is imported only for human output: --json runs start faster
+    from rich.console import Console
+    from rich.tree import Tree
 
 _TSM_OPTION = re.compile(r"^-([a-z][a-z]+)(=.*)?$")
 
@@ -49,6 +49,8 @@ def _require_root(command: str) -> None:
 
 
 def _device_line(dev: BlockDevice) -> str:
+    from rich.markup import escape
+
     parts = [f"[bold]{escape(dev.path)}[/]", human_size(dev.size), dev.kind.value]
     if dev.fstype:
         parts.append(escape(dev.fstype))
@@ -72,6 +74,8 @@ def cmd_devices(args: argparse.Namespace, out: Console) -> int:
     if args.json:
         print(json.dumps(tree.to_dict(), indent=2))
         return 0
+    from rich.tree import Tree
+
     root = Tree("[bold]block devices[/]", guide_style="dim")
     _add_children(root, tree, tree.roots, frozenset())
     out.print(root)
@@ -93,6 +97,8 @@ def cmd_check_volume(args: argparse.Namespace, out: Console) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return int(result.return_code)
+    from rich.markup import escape
+
     if result.volume is not None:
         dev = result.volume.device
         out.print(
@@ -138,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _console(args: argparse.Namespace) -> Console:
+    """Return the console for human output (rich is imported here, not at start-up)."""
+    from rich.console import Console
+
+    return Console(highlight=False, quiet=bool(getattr(args, "json", False)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the TSM return code."""
     argv = normalize_tsm_args(sys.argv[1:] if argv is None else argv)
@@ -147,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tui.app import run_console
 
         return run_console()
-    out = Console(highlight=False)
+    out = _console(args)
     try:
         if getattr(args, "needs_root", False):
             _require_root(" ".join(a for a in (args.command, getattr(args, "what", None)) if a))

@@ -12,11 +12,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from core.devices import scan
 from core.engine.backup import BackupOptions, backup_image
@@ -30,6 +26,23 @@ from core.repo.repository import Repository
 from core.snapshots import ImageType
 from core.targets import resolve
 from tui.format import SEVERITY_STYLE, human_size
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def escape(text: str) -> str:
+    """Escape rich markup in ``text`` (rich is imported on first use only)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
+
+
+def stderr_console() -> Console:
+    """Return a console on stderr for progress lines."""
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 class ConfirmationRefused(BlockvaultError):
@@ -98,16 +111,18 @@ def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
         snapshot_cache_pct=args.snapshotcachesize,
         gap_size=args.imagegapsize,
     )
-    progress = None if args.json else progress_printer(Console(stderr=True))
+    progress = None if args.json else progress_printer(stderr_console())
     cancel = threading.Event()
     try:
         report = backup_image(args.target, repo, options, progress=progress, cancel=cancel)
     finally:
         if progress:
-            _end_progress(Console(stderr=True))
+            _end_progress(stderr_console())
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return int(report.return_code)
+    from rich.table import Table
+
     table = Table(title=f"image {report.image_id}", show_header=False, box=None)
     rows = [
         ("volume", f"{report.device} ({report.target})"),
@@ -164,6 +179,8 @@ def cmd_query_image(args: argparse.Namespace, out: Console) -> int:
         what = f" of {args.target}" if args.target else ""
         out.print(f"no {'' if args.inactive else 'active '}images{escape(what)} in {repo.location}")
         return 0
+    from rich.table import Table
+
     # One block per volume, so the rows fit 80 columns without cutting an id.
     by_volume: dict[str, list[CatalogEntry]] = {}
     for e in entries:
@@ -259,7 +276,7 @@ def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
             print(json.dumps(doc, indent=2))
         print(f"blockvault: {refusal}", file=sys.stderr)
         return int(ReturnCode.FAILED)
-    progress = None if args.json else progress_printer(Console(stderr=True))
+    progress = None if args.json else progress_printer(stderr_console())
     try:
         report = restore_image(
             m,
@@ -273,7 +290,7 @@ def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
         )
     finally:
         if progress:
-            _end_progress(Console(stderr=True))
+            _end_progress(stderr_console())
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return int(report.return_code)

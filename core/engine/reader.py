@@ -21,19 +21,20 @@ _memcmp.restype = ctypes.c_int
 
 
 class ChunkReader:
-    """Reads byte ranges of ``path`` (starting at ``base``) into a reusable chunk buffer.
+    """Reads byte ranges of ``path`` (starting at ``base``) into a reusable buffer.
 
-    One per worker thread: the buffer is reused for every chunk the worker reads.
+    One per worker thread: the buffer (``span`` bytes, a few chunks, since larger
+    direct reads are faster — 4 MiB: 1.8 GB/s, 16 MiB: 2.0 GB/s here) is reused for
+    every span the worker reads.
     """
 
-    def __init__(self, path: str, base: int, chunk_size: int) -> None:
+    def __init__(self, path: str, base: int, span: int, chunk_size: int | None = None) -> None:
         self.path = path
         self.base = base
-        self.buffer = mmap.mmap(-1, chunk_size)  # page-aligned, as O_DIRECT needs
+        self.buffer = mmap.mmap(-1, span)  # page-aligned, as O_DIRECT needs
         self.view = memoryview(self.buffer)
         self._address = ctypes.addressof(ctypes.c_char.from_buffer(self.buffer))
-        self._zero = bytes(chunk_size)
-        self._zero_view = memoryview(self._zero)
+        self._zero = bytes(chunk_size or span)
         self.direct = True
         try:
             self.fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
@@ -47,17 +48,17 @@ class ChunkReader:
         except OSError as e:
             raise DeviceReadError(f"cannot open {self.path} for reading: {e.strerror}") from None
 
-    def read(self, length: int, ranges: Sequence[tuple[int, int]], chunk_start: int) -> memoryview:
-        """Return the chunk's first ``length`` bytes: ``ranges`` read, the rest zeros.
+    def read(self, length: int, ranges: Sequence[tuple[int, int]], start: int) -> memoryview:
+        """Return ``length`` bytes of the volume from ``start``: ``ranges`` read, the rest zeros.
 
-        ``ranges`` are volume byte offsets within ``[chunk_start, chunk_start+length)``.
+        ``ranges`` are sorted volume byte offsets within ``[start, start+length)``.
         """
         view = self.view[:length]
         covered = sum(e - s for s, e in ranges)
         if covered < length:
-            view[:] = self._zero_view[:length]
+            ctypes.memset(self._address, 0, length)
         for s, e in ranges:
-            self._read_exact(view[s - chunk_start : e - chunk_start], self.base + s)
+            self._read_exact(view[s - start : e - start], self.base + s)
         return view
 
     def _read_exact(self, target: memoryview, offset: int) -> None:
@@ -82,16 +83,16 @@ class ChunkReader:
         if not self.direct:
             os.posix_fadvise(self.fd, offset, len(target), os.POSIX_FADV_DONTNEED)
 
-    def is_zero(self, length: int) -> bool:
-        """True when the first ``length`` bytes of the buffer are all zero.
+    def is_zero(self, pos: int, length: int) -> bool:
+        """True when ``length`` bytes of the buffer from ``pos`` are all zero.
 
         ``memoryview.__eq__`` compares item by item (10 ms per 4 MiB) and slicing the
         mmap copies it (0.5 ms, holding the GIL); libc's memcmp takes 0.15 ms and lets
         the other workers run.
         """
-        if length and (self.buffer[0] or self.buffer[length - 1]):
+        if length and (self.buffer[pos] or self.buffer[pos + length - 1]):
             return False
-        return _memcmp(self._address, self._zero, length) == 0
+        return _memcmp(self._address + pos, self._zero, length) == 0
 
     def close(self) -> None:
         """Release the descriptor; the buffer goes with the last view of it."""

@@ -566,7 +566,7 @@ def verify_dest(
                     for s, e in _split(start, start + length, plan.protected)
                 )
             elif digest == ZERO_ID:
-                same = reader.is_zero(length)
+                same = reader.is_zero(0, length)
             else:
                 same = chunk_digest(data) == digest
             if not same:

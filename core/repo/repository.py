@@ -17,6 +17,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+from core.increments.manifest import (
+    FileManifest,
+    decode_file_manifest,
+    encode_file_manifest,
+)
 from core.repo.format import (
     ImageManifest,
     chunk_key,
@@ -207,3 +212,32 @@ class Repository:
     def delete_image(self, image_id: str) -> None:
         """Remove an image's manifest; its chunks stay until ``repo prune``."""
         self.store.delete(f"images/{image_id}")
+
+    # --- increments ------------------------------------------------------------------
+
+    def put_increment(self, manifest: FileManifest) -> None:
+        """Make every chunk durable, then store the file manifest: the increment is visible."""
+        self.store.sync()
+        self.store.put(f"increments/{manifest.id}", encode_file_manifest(manifest), durable=True)
+
+    def increment_ids(self) -> list[str]:
+        """Return the ids of every increment (ids sort by time)."""
+        return sorted(k.split("/", 1)[1] for k in self.store.list("increments"))
+
+    def increment(self, increment_id: str) -> FileManifest:
+        """Return one increment's file manifest."""
+        key = f"increments/{increment_id}"
+        try:
+            return decode_file_manifest(self.store.get(key), key)
+        except ObjectMissing:
+            raise RepositoryError(
+                f"no increment {increment_id} in {self.location}; see 'blockvault query image'"
+            ) from None
+
+    def increments(self) -> list[FileManifest]:
+        """Return every increment's file manifest, oldest first."""
+        return [self.increment(i) for i in self.increment_ids()]
+
+    def delete_increment(self, increment_id: str) -> None:
+        """Remove an increment's manifest; its chunks stay until ``repo prune``."""
+        self.store.delete(f"increments/{increment_id}")

@@ -1,0 +1,1 @@
+"""File-level increments: scan a mounted file system, back up what changed, replay onto an image."""

@@ -1,0 +1,1 @@
+"""The repository: object store, formats, catalog, check and prune."""
