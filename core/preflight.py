@@ -14,7 +14,7 @@ from core import findings as F
 from core.bytesource import FileSource
 from core.devices import BlockDevice, DeviceTree, scan
 from core.findings import Finding
-from core.labels import extent_findings, read_label, volume_label_findings
+from core.labels import DiskLabel, extent_findings, read_label, volume_label_findings
 from core.mounts import (
     FstabEntry,
     ProcessUse,
@@ -237,24 +237,28 @@ def _process_findings(uses: Sequence[ProcessUse], dev: BlockDevice) -> list[Find
     return out
 
 
-def container_label_findings(dev: BlockDevice, tree: DeviceTree) -> list[Finding]:
-    """Return what the label of the disk ``dev`` lies on says of ``dev``'s extent.
+def container_label(dev: BlockDevice, tree: DeviceTree) -> DiskLabel | None:
+    """Return the label of the disk ``dev`` lies on (None: not a slice, or no label).
 
     The disk is a device of the tree (its label already read) or, for a loop slice of
     a file no loop device maps whole, the backing file itself.
     """
     if dev.extent is None:
-        return []
+        return None
     container = tree.by_path(dev.extent.container)
     if container is not None:
-        label = container.label
-    else:
-        try:
-            with FileSource(dev.extent.container) as src:
-                label = read_label(src)
-        except OSError:
-            label = None
-    if label is None:
+        return container.label
+    try:
+        with FileSource(dev.extent.container) as src:
+            return read_label(src)
+    except OSError:
+        return None
+
+
+def container_label_findings(dev: BlockDevice, tree: DeviceTree) -> list[Finding]:
+    """Return what the label of the disk ``dev`` lies on says of ``dev``'s extent."""
+    label = container_label(dev, tree)
+    if label is None or dev.extent is None:
         return []
     return extent_findings(
         label, dev.extent.start, dev.extent.size, disk=dev.extent.container, volume=dev.path

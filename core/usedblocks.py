@@ -489,8 +489,6 @@ class _Group:
     inode_bitmap: int
     inode_table: int
     block_uninit: bool
-    itable_unused: int = 0
-    """Inodes at the end of the group's table never used (trusted only with group checksums)."""
 
 
 def _read_blocks(source: ByteSource, geo: _Geometry, first: int, count: int, what: str) -> bytes:
@@ -546,13 +544,7 @@ def _read_groups(source: ByteSource, geo: _Geometry) -> list[_Group]:
         ):
             raise _refuse(f"group {number}'s bitmaps or inode table lie outside the file system")
         block_uninit = geo.uninit_flag_honoured and bool(flags & _BG_BLOCK_UNINIT)
-        itable_unused = 0
-        if geo.uninit_flag_honoured:
-            itable_unused = struct.unpack_from("<H", table, offset + 0x1C)[0]
-            if wide:
-                itable_unused |= struct.unpack_from("<H", table, offset + 0x32)[0] << 16
-            itable_unused = min(itable_unused, geo.inodes_per_group)
-        groups.append(_Group(block_bitmap, inode_bitmap, inode_table, block_uninit, itable_unused))
+        groups.append(_Group(block_bitmap, inode_bitmap, inode_table, block_uninit))
     return groups
 
 
@@ -689,43 +681,45 @@ def _without_range(flat: list[int], start: int, end: int) -> None:
     flat[low:high] = ([start] if low % 2 else []) + ([end] if high % 2 else [])
 
 
-def _unused_inode_tails(geo: _Geometry, groups: list[_Group]) -> list[tuple[int, int]]:
-    """Return the byte ranges of inode tables that hold only never-used inodes.
-
-    With group checksums the kernel and e2fsck trust ``bg_itable_unused``: inodes past
-    the used part are initialised when first allocated and never read before, so
-    restoring that tail as zeros is what a zeroed table holds anyway.
-    """
-    tails: list[tuple[int, int]] = []
-    bs = geo.block_size
-    for g in groups:
-        used_inodes = geo.inodes_per_group - g.itable_unused
-        first_free_block = _ceil_div(used_inodes * geo.inode_size, bs)
-        if g.itable_unused and first_free_block < geo.inode_table_blocks:
-            start = (g.inode_table + first_free_block) * bs
-            tails.append((start, (g.inode_table + geo.inode_table_blocks) * bs))
-    return tails
-
-
 _JOURNAL_MAGIC = 0xC03B3998
 _EXTENT_MAGIC = 0xF30A
 _JNL_BACKUP_BLOCKS = 1
 
 
-def _clean_journal_log(source: ByteSource, sb: bytes, geo: _Geometry) -> tuple[int, int] | None:
+def _journal_inode_blocks(
+    source: ByteSource, sb: bytes, geo: _Geometry, groups: list[_Group]
+) -> bytes | None:
+    """Return the 60-byte ``i_block`` of the journal inode, read from its inode table."""
+    inum = _u32(sb, 0xE0)
+    if not 1 <= inum <= geo.groups * geo.inodes_per_group:
+        return None
+    group, index = divmod(inum - 1, geo.inodes_per_group)
+    offset = groups[group].inode_table * geo.block_size + index * geo.inode_size
+    inode = source.read_at(offset, 0x28 + 60)
+    if len(inode) < 0x28 + 60:
+        return None
+    return inode[0x28 : 0x28 + 60]
+
+
+def _clean_journal_log(
+    source: ByteSource, sb: bytes, geo: _Geometry, groups: list[_Group]
+) -> tuple[int, int] | None:
     """Return the byte range of an internal journal's log when it holds nothing to replay.
 
     A clean journal (journal superblock ``s_start == 0``; the file system's
     needs_recovery flag is refused earlier) is never read past its superblock: on
     mount, jbd2 sees it empty and starts writing afresh. Its log is then old
     transactions only, and restoring it as zeros changes nothing. The journal's
-    blocks come from the superblock's backup of the journal inode (``s_jnl_blocks``),
-    so no inode table is read; anything unexpected keeps the journal in the map.
+    blocks are the journal inode's own (``s_journal_inum``, as the kernel reads them),
+    and must equal the superblock's backup of them (``s_jnl_blocks``); anything
+    unexpected keeps the journal in the map.
     """
     compat = _u32(sb, 0x5C)
     if not compat & _COMPAT_HAS_JOURNAL or _u32(sb, 0xE0) == 0 or sb[0xFD] != _JNL_BACKUP_BLOCKS:
         return None
     i_block = sb[0x10C : 0x10C + 60]
+    if _journal_inode_blocks(source, sb, geo, groups) != i_block:
+        return None  # the backup is stale (or the inode unreadable): trust neither
     magic, entries, _max, depth = struct.unpack_from("<HHHH", i_block, 0)
     if magic != _EXTENT_MAGIC or depth != 0 or not 1 <= entries <= 4:
         return None
@@ -764,9 +758,7 @@ def _ext_used_map(source: ByteSource) -> UsedMap:
     geo = _read_geometry(sb, size)
     groups = _read_groups(source, geo)
     flat = _used_offsets(source, geo, groups)
-    for start, end in _unused_inode_tails(geo, groups):
-        _without_range(flat, start, end)
-    journal_log = _clean_journal_log(source, sb, geo)
+    journal_log = _clean_journal_log(source, sb, geo, groups)
     if journal_log is not None:
         _without_range(flat, *journal_log)
     _with_range(flat, 0, min(BOOT_REGION, size))

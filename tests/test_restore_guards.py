@@ -195,3 +195,65 @@ def test_gpt_disk_image_warns_that_the_label_is_overwritten(loopkit, repo):
     dest = loopkit.attach(loopkit.image("16M"))
     res = refused(repo, src, dest)
     assert "RESTORE_OVERWRITES_LABEL" in codes(res.json()["findings"])
+
+
+def test_second_loop_of_a_mounted_file_is_refused_as_mounted(loopkit, repo, imaged):
+    """Two loop devices of one file share storage: writing one writes under the other."""
+    image = loopkit.image("16M")
+    first = loopkit.attach(image)
+    loopkit.mkfs(first, "ext4")
+    second = loopkit.attach(image)
+    loopkit.mount(first, None, "ro")
+    res = refused(repo, imaged.device, second, "--confirm", second)
+    assert {"DEST_SHARED_STORAGE", "DEST_MOUNTED"} <= codes(res.json()["findings"])
+
+
+def test_imagetofile_onto_a_loop_devices_backing_file_is_refused(loopkit, repo, imaged):
+    image = loopkit.image("16M")
+    loopkit.attach(image)
+    before = device_digest(str(image))
+    res = bv(
+        repo,
+        "restore",
+        "image",
+        imaged.device,
+        str(image),
+        "--imagetofile",
+        "--confirm",
+        str(image),
+        "--json",
+    )
+    assert res.rc == 12
+    assert "DEST_BACKS_DEVICE" in codes(res.json()["findings"])
+    assert device_digest(str(image)) == before
+
+
+def test_imagetofile_into_the_repository_is_refused(repo, imaged):
+    target = os.path.join(repo, "restored.img")
+    res = bv(
+        repo,
+        "restore",
+        "image",
+        imaged.device,
+        target,
+        "--imagetofile",
+        "--confirm",
+        target,
+        "--json",
+    )
+    assert res.rc == 12
+    assert "DEST_IN_REPOSITORY" in codes(res.json()["findings"])
+    assert not os.path.exists(target)
+
+
+def test_destination_that_changed_since_confirmation_is_refused(loopkit, repo, imaged):
+    """What the user confirmed (device, size, backing file) must still hold at write time."""
+    dest = loopkit.attach(loopkit.image("16M"))
+    r = Repository.open(repo, create=False)
+    manifest = r.images()[0]
+    plan = plan_restore(manifest, dest, r)
+    stale = (*plan.identity[:3], plan.identity[3] + 512, *plan.identity[4:])
+    before = device_digest(dest)
+    with pytest.raises(RestoreRefused, match="changed since"):
+        restore_image(manifest, dest, r, confirm=dest, expected=stale)
+    assert device_digest(dest) == before

@@ -20,7 +20,11 @@ from core.engine.events import Progress
 from core.engine.restore import RestorePlan, plan_restore, restore_image
 from core.errors import BlockvaultError, TargetError
 from core.findings import Finding, ReturnCode
-from core.repo.catalog import CatalogEntry, catalog, matches, target_names
+from core.increments.backup import backup_increment
+from core.increments.chain import RestorePoint, choose_point, file_versions, point_in_time
+from core.increments.restore import restore_with_increments
+from core.mounts import mount_containing
+from core.repo.catalog import CatalogEntry, catalog, matches, target_names, volume_matches
 from core.repo.check import check_repository, prune_repository
 from core.repo.repository import Repository
 from core.snapshots import ImageType
@@ -103,7 +107,53 @@ def confirm_by_name(args: argparse.Namespace, name: str, what: str) -> None:
 # --- backup image ----------------------------------------------------------------------
 
 
+def cmd_backup_increment(args: argparse.Namespace, out: Console) -> int:
+    repo = open_repo(args, create=False)
+    progress = None if args.json else progress_printer(stderr_console())
+    try:
+        report = backup_increment(
+            args.target, repo, hash_all=args.compare_content, progress=progress
+        )
+    finally:
+        if progress:
+            _end_progress(stderr_console())
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return int(report.return_code)
+    from rich.table import Table
+
+    table = Table(title=f"increment {report.increment_id}", show_header=False, box=None)
+    rows = [
+        ("volume", f"{report.device} at {report.mount_point}"),
+        ("base image", report.base_image),
+        ("previous", report.previous or "none (the first increment)"),
+        ("files scanned", str(report.files_scanned)),
+        (
+            "new / changed",
+            f"{report.files_new} / {report.files_changed} "
+            f"({report.files_metadata_only} metadata only)",
+        ),
+        ("deleted", str(report.files_deleted)),
+        ("skipped", str(report.files_skipped)),
+        ("read", f"{human_size(report.bytes_read)} from {report.files_read} files"),
+        (
+            "sent",
+            f"{human_size(report.bytes_sent)} (deduplicated {human_size(report.bytes_dedup)})",
+        ),
+        ("duration", f"{report.duration:.2f} s (scan {report.scan_seconds:.2f} s)"),
+    ]
+    for k, v in rows:
+        table.add_row(k, escape(v))
+    out.print(table)
+    print_findings(out, report.findings)
+    return int(report.return_code)
+
+
 def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
+    if args.mode == "incremental":
+        return cmd_backup_increment(args, out)
+    if args.compare_content:
+        raise TargetError("--compare-content applies to --mode incremental")
     repo = open_repo(args, create=True)
     options = BackupOptions(
         imagetype=ImageType(args.imagetype) if args.imagetype else None,
@@ -165,8 +215,8 @@ def _select(repo: Repository, target: str | None) -> list[CatalogEntry]:
         device = resolve(target, scan()).device
     except TargetError:
         device = None  # the volume may be gone: match by the name given
-    names, uuid = target_names(target, device)
-    return [e for e in entries if matches(e, names, uuid)]
+    names = target_names(target, device)
+    return [e for e in entries if matches(e, names)]
 
 
 def cmd_query_image(args: argparse.Namespace, out: Console) -> int:
@@ -208,25 +258,58 @@ def cmd_query_image(args: argparse.Namespace, out: Console) -> int:
     return 0
 
 
-# --- restore image ----------------------------------------------------------------------------
+def cmd_query_backup(args: argparse.Namespace, out: Console) -> int:
+    repo = open_repo(args, create=False)
+    path = os.path.abspath(args.path)
+    tree = scan()
+    mount = mount_containing(path, tree.mounts)
+    device = tree.by_number(mount.major, mount.minor) if mount else None
+    if mount is None or device is None:
+        raise TargetError(f"{args.path} is not on a mounted volume; give a path on one")
+    rel = os.path.relpath(path, mount.mount_point)
+    rel = "." if rel == "." else rel
+    names = target_names(mount.mount_point, device)
+    increments = [m for m in repo.increments() if volume_matches(m.volume, names)]
+    versions = file_versions(increments, rel)
+    if args.json:
+        doc = {
+            "path": path,
+            "volume": mount.mount_point,
+            "versions": [v.to_dict() for v in versions],
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    if not versions:
+        out.print(f"no increment of {escape(mount.mount_point)} holds {escape(path)}")
+        return 0
+    from rich.table import Table
 
-
-def _pick_image(repo: Repository, source: str, image_id: str | None) -> CatalogEntry:
-    entries = _select(repo, source)
-    if image_id:
-        chosen = [e for e in catalog(repo) if e.manifest.id == image_id]
-        if not chosen:
-            raise TargetError(
-                f"no image {image_id} in {repo.location}; see 'blockvault query image'"
-            )
-        return chosen[0]
-    active = [e for e in entries if e.active]
-    if not active:
-        raise TargetError(
-            f"no active image of {source} in {repo.location}; "
-            "see 'blockvault query image --inactive'"
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
+    for col in ("increment", "taken", "state", "size", "mode", "owner", "modified"):
+        table.add_column(col, no_wrap=True)
+    for v in versions:
+        e = v.entry
+        table.add_row(
+            v.increment,
+            v.finished[:16].replace("T", " "),
+            v.state,
+            human_size(e.size) if e else "",
+            oct(e.mode)[2:] if e else "",
+            f"{e.uid}:{e.gid}" if e else "",
+            _ns_time(e.mtime_ns) if e else "",
         )
-    return max(active, key=lambda e: (e.manifest.started, e.manifest.id))
+    out.print(f"[bold]{escape(path)}[/] on {escape(mount.mount_point)}")
+    out.print(table)
+    return 0
+
+
+def _ns_time(ns: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+# --- restore image ----------------------------------------------------------------------------
 
 
 def _print_plan(out: Console, plan: RestorePlan, entry: CatalogEntry) -> None:
@@ -246,14 +329,46 @@ def _print_plan(out: Console, plan: RestorePlan, entry: CatalogEntry) -> None:
     print_findings(out, plan.findings)
 
 
+def _restore_point(repo: Repository, args: argparse.Namespace) -> RestorePoint:
+    """Return the image (and increment) ``restore image`` uses for SOURCE and the options."""
+    if args.deletefiles and not args.incremental:
+        raise TargetError("--deletefiles applies to --incremental restores; add --incremental")
+    if args.incremental and args.imagetofile:
+        raise TargetError("--incremental replays files onto a mounted volume: give a device DEST")
+    pit = point_in_time(args.pitdate, args.pittime)
+    try:
+        device = resolve(args.source, scan()).device
+    except TargetError:
+        device = None  # the volume may be gone: match by the name given
+    names = target_names(args.source, device)
+    images = [e for e in catalog(repo) if matches(e, names)]
+    if pit is None and args.image is None:
+        images = [e for e in images if e.active]  # the default: the newest active image
+    increments = (
+        [m for m in repo.increments() if volume_matches(m.volume, names)]
+        if args.incremental
+        else []
+    )
+    return choose_point(images, increments, pit, image_id=args.image, volume=args.source)
+
+
 def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
     repo = open_repo(args, create=False)
-    entry = _pick_image(repo, args.source, args.image)
+    point = _restore_point(repo, args)
+    entry = point.image
     m = entry.manifest
     dest = args.dest or str(m.volume.get("device"))
     plan = plan_restore(m, dest, repo, to_file=args.imagetofile, preserve_label=args.preserve_label)
     if not args.json:
         _print_plan(out, plan, entry)
+        if args.incremental:
+            inc = point.increment
+            out.print(
+                f"  then replay increment {inc.id} (finished {inc.finished[:19]})"
+                + (", deleting files it does not list" if args.deletefiles else "")
+                if inc
+                else "  no increment is newer than this image: nothing to replay"
+            )
     refusal = None
     if plan.blocked:
         refusal = "refused: a blocker cannot be confirmed away; nothing was written"
@@ -268,6 +383,7 @@ def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
         if args.json:
             doc = {
                 "image": m.id,
+                "increment": point.increment.id if point.increment else None,
                 "dest": plan.confirm_name,
                 "error": refusal,
                 "findings": [f.to_dict() for f in plan.findings],
@@ -278,29 +394,54 @@ def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
         return int(ReturnCode.FAILED)
     progress = None if args.json else progress_printer(stderr_console())
     try:
-        report = restore_image(
-            m,
-            dest,
-            repo,
-            confirm=plan.confirm_name,
-            to_file=args.imagetofile,
-            preserve_label=args.preserve_label,
-            verify=args.verifyimage,
-            progress=progress,
-        )
+        if args.incremental:
+            both = restore_with_increments(
+                point,
+                dest,
+                repo,
+                confirm=plan.confirm_name,
+                delete=args.deletefiles,
+                preserve_label=args.preserve_label,
+                verify=args.verifyimage,
+                progress=progress,
+                expected=plan.identity,
+            )
+            report, replayed = both.image, both.replay
+            rc = both.return_code
+            doc: dict[str, Any] = both.to_dict()
+        else:
+            report = restore_image(
+                m,
+                dest,
+                repo,
+                confirm=plan.confirm_name,
+                to_file=args.imagetofile,
+                preserve_label=args.preserve_label,
+                verify=args.verifyimage,
+                progress=progress,
+                expected=plan.identity,
+            )
+            replayed, rc, doc = None, report.return_code, report.to_dict()
     finally:
         if progress:
             _end_progress(stderr_console())
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return int(report.return_code)
+        print(json.dumps(doc, indent=2))
+        return int(rc)
     out.print(
         f"restored {human_size(report.bytes_written)} of data and zeroed "
         f"{human_size(report.bytes_zeroed)} in {report.duration:.2f} s"
         + ("; verified by reading back" if report.verified else "")
     )
+    if replayed is not None and point.increment is not None:
+        out.print(
+            f"replayed increment {point.increment.id}: {replayed.files_created} created, "
+            f"{replayed.files_replaced} replaced, {replayed.metadata_updated} metadata updated, "
+            f"{replayed.deleted} deleted, {human_size(replayed.bytes_written)} written"
+        )
+        print_findings(out, replayed.findings)
     print_findings(out, [f for f in report.findings if f.code.startswith("FSCK")])
-    return int(report.return_code)
+    return int(rc)
 
 
 # --- delete backup ------------------------------------------------------------------------------
@@ -360,7 +501,8 @@ def cmd_repo(args: argparse.Namespace, out: Console) -> int:
             print(json.dumps(report.to_dict(), indent=2))
         else:
             out.print(
-                f"checked {report.images} images and {report.chunks} chunks "
+                f"checked {report.images} images, {report.increments} increments and "
+                f"{report.chunks} chunks "
                 f"({human_size(report.bytes_checked)})"
             )
             print_findings(out, report.findings)
@@ -423,11 +565,27 @@ def add_image_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="smallest unused gap skipped rather than read (default 32K)",
     )
+    p.add_argument(
+        "--mode",
+        choices=["selective", "incremental"],
+        default="selective",
+        help="selective: a full image (default); incremental: the files changed since the "
+        "last increment (the volume needs a full image first)",
+    )
+    p.add_argument(
+        "--compare-content",
+        action="store_true",
+        help="incremental: hash every file instead of trusting size, mtime and ctime",
+    )
     p.set_defaults(func=cmd_backup_image, needs_root=True)
 
-    query = sub.add_parser("query", help="list images").add_subparsers(
-        dest="what", metavar="image", required=True
+    query = sub.add_parser("query", help="list images or a file's versions").add_subparsers(
+        dest="what", metavar="image|backup", required=True
     )
+    p = query.add_parser("backup", parents=[common], help="versions of a file across increments")
+    p.add_argument("path", metavar="PATH", help="a file on a mounted volume (absolute path)")
+    p.set_defaults(func=cmd_query_backup)
+
     p = query.add_parser("image", parents=[common], help="list images (of TARGET)")
     p.add_argument("target", metavar="TARGET", nargs="?")
     p.add_argument("--inactive", action="store_true", help="also list inactive versions")
@@ -447,6 +605,16 @@ def add_image_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="leave DEST's disk label area (sector 0 / VTOC, GPT headers) untouched",
     )
+    p.add_argument(
+        "--incremental", action="store_true", help="replay the file increments onto the image"
+    )
+    p.add_argument(
+        "--deletefiles",
+        action="store_true",
+        help="with --incremental: delete files the chosen increment no longer lists",
+    )
+    p.add_argument("--pitdate", metavar="YYYY-MM-DD", help="restore the state as of this date")
+    p.add_argument("--pittime", metavar="HH:MM:SS", help="with --pitdate: the time of day")
     p.add_argument(
         "--confirm", metavar="NAME", help="DEST's exact name: required without a terminal"
     )

@@ -247,9 +247,13 @@ def _label_record(label: Any) -> dict[str, Any] | None:
 
 
 def _previous_digests(repo: Repository, key: str) -> set[bytes]:
-    """Digests of the newest image of the same volume: known stored, no lookup needed."""
+    """Digests of the newest image of the same volume that are still stored.
+
+    One batch lookup up front instead of one per chunk; a chunk ``repo check`` found
+    missing is then simply stored again by this backup.
+    """
     mine = [e for e in catalog(repo) if e.manifest.volume.get("key") == key]
-    return mine[0].manifest.stored_digests() if mine else set()
+    return repo.stored_chunks(mine[0].manifest.stored_digests()) if mine else set()
 
 
 def _run_pipeline(

@@ -28,7 +28,7 @@ from core.errors import BlockvaultError
 from core.findings import Finding, Severity
 from core.labels import read_label
 from core.mounts import processes_using, read_active_swaps
-from core.preflight import container_label_findings
+from core.preflight import container_label, container_label_findings
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_digest
 from core.repo.repository import Repository
 from core.targets import TargetCodeError, resolve
@@ -71,6 +71,15 @@ class RestorePlan:
         """The exact name the user must type or pass as ``--confirm``."""
         return self.device.path if self.device is not None else self.dest
 
+    @property
+    def identity(self) -> tuple[object, ...]:
+        """What the user was shown of the destination: it must still be that at write time."""
+        d = self.device
+        if d is None:
+            return (self.dest,)
+        loop = (d.loop.backing_file, d.loop.offset, d.loop.size_limit) if d.loop else None
+        return (d.path, d.major, d.minor, d.size, d.serial, loop, d.uuid)
+
 
 @dataclass
 class RestoreReport(JobReport):
@@ -99,6 +108,30 @@ def _family(dev: BlockDevice, tree: DeviceTree) -> list[BlockDevice]:
         out.append(d)
         todo.extend(d.children)
         todo.extend(d.holders)
+    return out
+
+
+def _overlapping_loops(dev: BlockDevice, tree: DeviceTree) -> list[BlockDevice]:
+    """Return loop devices that map the same storage as ``dev`` or are backed by it.
+
+    Two loop devices of one file, overlapping slices of it, or a loop device whose
+    backing file is ``dev`` itself: writing ``dev`` writes under them, and the
+    kernel's exclusive claim is per device, so the guards must see them too.
+    """
+    out: list[BlockDevice] = []
+    mine = dev.loop
+    start = mine.offset if mine else 0
+    end = start + dev.size
+    for other in tree:
+        if other.name == dev.name or other.loop is None:
+            continue
+        backing = other.loop.backing_file
+        if backing in (dev.path, os.path.realpath(dev.path)):
+            out.append(other)
+        elif mine is not None and backing == mine.backing_file:
+            o_start = other.loop.offset
+            if o_start < end and start < o_start + other.size:
+                out.append(other)
     return out
 
 
@@ -136,9 +169,9 @@ def plan_restore(
     tree: DeviceTree | None = None,
 ) -> RestorePlan:
     """Return every guard's finding for restoring ``manifest`` onto ``dest``."""
-    if to_file:
-        return _plan_file(manifest, dest)
     tree = scan() if tree is None else tree
+    if to_file:
+        return _plan_file(manifest, dest, repo, tree)
     try:
         dev = resolve(dest, tree).device
     except TargetCodeError as e:
@@ -147,7 +180,17 @@ def plan_restore(
         msg = f"{dest} is a mount point; give the block device to restore to (it must be unmounted)"
         return RestorePlan(dest, None, False, (F.blocker("DEST_NOT_BLOCK_DEVICE", msg),))
     out: list[Finding] = []
-    family = _family(dev, tree)
+    aliases = _overlapping_loops(dev, tree)
+    family = _family(dev, tree) + [d for a in aliases for d in _family(a, tree)]
+    if aliases:
+        out.append(
+            F.warning(
+                "DEST_SHARED_STORAGE",
+                f"{dev.path} shares its storage with "
+                + ", ".join(a.path for a in aliases)
+                + "; they are checked as part of it",
+            )
+        )
     mounted = [m.mount_point for d in family for m in d.mounts]
     if mounted:
         out.append(
@@ -231,7 +274,7 @@ def plan_restore(
     label_hits = _label_hits(manifest, dev, tree)
     if label_hits:
         if preserve_label:
-            protected = _dest_label_ranges(dev)
+            protected = _dest_label_ranges(dev, tree)
             spans = ", ".join(f"bytes {s}-{e - 1}" for s, e in protected)
             out.append(
                 F.info(
@@ -277,26 +320,63 @@ def _label_hits(manifest: ImageManifest, dev: BlockDevice, tree: DeviceTree) -> 
     return "; ".join(reasons)
 
 
-def _dest_label_ranges(dev: BlockDevice) -> tuple[tuple[int, int], ...]:
-    """Return the byte ranges of ``dev``'s own label, or its first sector (as TSM skips it)."""
+def _dest_label_ranges(dev: BlockDevice, tree: DeviceTree) -> tuple[tuple[int, int], ...]:
+    """Return the byte ranges of ``dev`` that hold a disk label, in ``dev``'s own offsets.
+
+    The label at ``dev``'s start (its own, or the disk's when ``dev`` begins at
+    sector 0), and the parts of its disk's label structures that fall inside ``dev``'s
+    extent (an EBR, GPT's backup header at the end). With none found, the first
+    sector, as TSM's client skips it.
+    """
+    ranges: set[tuple[int, int]] = set()
     try:
         with FileSource(dev.path) as src:
-            label = read_label(src)
+            own = read_label(src)
     except OSError:
-        label = None
-    if label is None:
-        return ((0, dev.sector_size),)
-    ranges = sorted((r.start, r.end) for r in (*label.label_ranges, *label.backup_ranges))
-    if label.kind.value == "sun":
-        ranges.append((0, 512))
-    return tuple(sorted(set(ranges)))
+        own = None
+    if own is not None:
+        ranges.update((r.start, r.end) for r in (*own.label_ranges, *own.backup_ranges))
+    disk = container_label(dev, tree)
+    if disk is not None and dev.extent is not None:
+        lo, hi = dev.extent.start, dev.extent.start + dev.extent.size
+        for r in (*disk.label_ranges, *disk.backup_ranges):
+            if r.start < hi and lo < r.end:
+                ranges.add((max(r.start, lo) - lo, min(r.end, hi) - lo))
+    if not ranges:
+        ranges.add((0, dev.sector_size))
+    return tuple(sorted(ranges))
 
 
-def _plan_file(manifest: ImageManifest, dest: str) -> RestorePlan:
+def _plan_file(
+    manifest: ImageManifest, dest: str, repo: Repository, tree: DeviceTree
+) -> RestorePlan:
     path = os.path.abspath(dest)
     out: list[Finding] = []
     parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
+    real = os.path.realpath(path)
+    backed = [d.path for d in tree if d.loop and os.path.realpath(d.loop.backing_file) == real]
+    if os.path.islink(path):
+        out.append(
+            F.blocker("DEST_NOT_FILE", f"{dest} is a symbolic link; give the file's own path")
+        )
+    elif backed:
+        out.append(
+            F.blocker(
+                "DEST_BACKS_DEVICE",
+                f"{dest} is the backing file of {', '.join(backed)}; writing it writes that "
+                "device — detach it or restore to another file",
+            )
+        )
+    elif real == os.path.realpath(repo.location) or real.startswith(
+        os.path.realpath(repo.location) + "/"
+    ):
+        out.append(
+            F.blocker(
+                "DEST_IN_REPOSITORY",
+                f"{dest} lies inside the repository {repo.location}; restore somewhere else",
+            )
+        )
+    elif not os.path.isdir(parent):
         out.append(F.blocker("DEST_DIR_MISSING", f"{parent} does not exist; create it first"))
     elif os.path.exists(path):
         st = os.stat(path)
@@ -364,6 +444,7 @@ def restore_image(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     workers: int = 0,
+    expected: tuple[object, ...] | None = None,
 ) -> RestoreReport:
     """Write ``manifest``'s image onto ``dest``; return the report.
 
@@ -382,10 +463,22 @@ def restore_image(
                 f"restore to {plan.confirm_name} needs --confirm {plan.confirm_name} "
                 "(the destination's exact name); nothing was written"
             )
+        if expected is not None and expected != plan.identity:
+            raise RestoreRefused(
+                f"{plan.confirm_name} changed since it was shown and confirmed (another "
+                "device, file or size now); nothing was written — run the restore again"
+            )
         report = RestoreReport(manifest.id, plan.confirm_name, bytes_image=manifest.size)
         report.findings = list(plan.findings)
         meter = Meter("restoring", manifest.size, progress, cancel)
         dest = _Dest(plan, manifest.size)
+        if plan.device is not None and os.fstat(dest.fd).st_rdev != os.makedev(
+            plan.device.major, plan.device.minor
+        ):
+            dest.close()
+            raise RestoreRefused(
+                f"{plan.confirm_name} is no longer the device that was checked; nothing was written"
+            )
         try:
             _write_chunks(dest, plan, manifest, repo, report, meter, workers)
             meter.check_cancel()
@@ -416,10 +509,13 @@ class _Dest:
     def __init__(self, plan: RestorePlan, size: int) -> None:
         self.direct_fd: int | None = None
         if plan.to_file:
-            self.fd = os.open(
-                plan.dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
-            )
-            os.ftruncate(self.fd, size)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+            self.fd = os.open(plan.dest, flags, 0o600)
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError:
+                os.close(self.fd)
+                raise
             return
         try:
             # O_EXCL on a block device claims it: the kernel refuses while it is mounted.

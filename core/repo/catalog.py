@@ -6,8 +6,9 @@ Derived from the manifests alone, so it can always be rebuilt.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from core.devices import BlockDevice
 from core.repo.format import ImageManifest
@@ -73,23 +74,28 @@ def catalog(
     return out
 
 
-def matches(entry: CatalogEntry, names: Iterable[str], uuid: str | None = None) -> bool:
-    """True when the image was taken from a volume known by one of ``names`` (or ``uuid``)."""
-    v = entry.manifest.volume
+def matches(entry: CatalogEntry, names: Iterable[str]) -> bool:
+    """True when the image was taken from a volume known by one of ``names``."""
+    return volume_matches(entry.manifest.volume, names)
+
+
+def volume_matches(v: Mapping[str, Any], names: Iterable[str]) -> bool:
+    """True when the volume record (of an image or increment) is known by one of ``names``.
+
+    Names only, never the file-system UUID: a restored copy carries its original's
+    UUID, and must not pick up (or delete) the original's backups.
+    """
     wanted = {os.path.normpath(n) for n in names}
     recorded = {v.get("key"), v.get("device"), v.get("mount_point")}
-    if wanted & {os.path.normpath(r) for r in recorded if r}:
-        return True
-    return bool(uuid) and v.get("uuid") == uuid
+    return bool(wanted & {os.path.normpath(r) for r in recorded if r})
 
 
-def target_names(target: str, device: BlockDevice | None) -> tuple[list[str], str | None]:
-    """Return the names (and UUID) under which images of ``target`` may be filed.
+def target_names(target: str, device: BlockDevice | None) -> list[str]:
+    """Return the names under which images of ``target`` may be filed.
 
     A TARGET that no longer resolves (the disk died) still matches by the name given.
     """
     names = [os.path.abspath(target)]
-    if device is None:
-        return names, None
-    names += [device.path, *device.mount_points]
-    return names, device.uuid
+    if device is not None:
+        names += [device.path, *device.mount_points]
+    return names

@@ -27,6 +27,7 @@ class CheckReport:
     """What ``repo check`` found."""
 
     images: int = 0
+    increments: int = 0
     chunks: int = 0
     bytes_checked: int = 0
     findings: list[Finding] = field(default_factory=list)
@@ -40,6 +41,7 @@ class CheckReport:
         """Return the JSON report."""
         return {
             "images": self.images,
+            "increments": self.increments,
             "chunks": self.chunks,
             "bytes_checked": self.bytes_checked,
             "findings": [f.to_dict() for f in self.findings],
@@ -63,7 +65,17 @@ def check_repository(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> CheckReport:
-    """Read every object, verify every hash and every manifest reference."""
+    """Read every object, verify every hash and every manifest reference.
+
+    Holds the shared lock, so that no prune deletes objects under the check.
+    """
+    with repo.lock():
+        return _check(repo, progress, cancel)
+
+
+def _check(
+    repo: Repository, progress: ProgressFn | None, cancel: threading.Event | None
+) -> CheckReport:
     report = CheckReport()
     manifests = list(_manifests(repo, report))
     report.images = len(manifests)
@@ -119,6 +131,32 @@ def check_repository(
                         offset=offset,
                     )
                 )
+    for increment_id in repo.increment_ids():
+        try:
+            inc = repo.increment(increment_id)
+        except (DamagedObject, ObjectMissing) as e:
+            report.findings.append(
+                F.blocker(
+                    "MANIFEST_DAMAGED", f"increment {increment_id}: {e}", increment=increment_id
+                )
+            )
+            continue
+        report.increments += 1
+        for entry in inc.entries:
+            for piece, digest in enumerate(entry.chunks):
+                if digest == ZERO_ID or (digest in stored and digest not in damaged):
+                    continue
+                what = "damaged" if digest in stored else "missing"
+                report.findings.append(
+                    F.blocker(
+                        "INCREMENT_DAMAGED",
+                        f"increment {increment_id}: {entry.path} needs {what} chunk "
+                        f"{digest.hex()} (piece {piece})",
+                        increment=increment_id,
+                        path=entry.path,
+                        chunk=digest.hex(),
+                    )
+                )
     leftovers = list(repo.store.temp_files())
     if leftovers:
         report.findings.append(
@@ -160,6 +198,15 @@ def prune_repository(repo: Repository) -> PruneReport:
                     "chunks it needs are unknown; delete it or repair the repository first"
                 ) from None
             referenced.update(d.hex() for d in m.stored_digests())
+        for increment_id in repo.increment_ids():
+            try:
+                inc = repo.increment(increment_id)
+            except DamagedObject as e:
+                raise PruneRefused(
+                    f"prune refused: increment {increment_id} is unreadable ({e.message}), so "
+                    "the chunks it needs are unknown; delete it or repair the repository first"
+                ) from None
+            referenced.update(d.hex() for d in inc.stored_digests())
         for key in list(repo.store.list("chunks")):
             if key.split("/", 1)[1] in referenced:
                 report.chunks_kept += 1

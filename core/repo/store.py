@@ -65,12 +65,13 @@ Buffers = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryvi
 """What put() takes: one buffer, or several written back to back."""
 
 
-def _write_all(fd: int, data: Buffers) -> None:
+def _write_all(fd: int, data: Buffers) -> int:
     parts = (
         [memoryview(data)]
         if isinstance(data, bytes | bytearray | memoryview)
         else [memoryview(p) for p in data]
     )
+    total = sum(len(p) for p in parts)
     while parts:
         n = os.writev(fd, parts)
         while parts and n >= len(parts[0]):
@@ -78,6 +79,7 @@ def _write_all(fd: int, data: Buffers) -> None:
             parts.pop(0)
         if parts and n:
             parts[0] = parts[0][n:]
+    return total
 
 
 _KEY = re.compile(r"^[a-z]+/[A-Za-z0-9._-]+$")
@@ -118,7 +120,7 @@ class LocalStore:
             os.makedirs(directory, mode=0o700, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            _write_all(fd, data)
+            size = _write_all(fd, data)
             if durable:
                 os.fsync(fd)
         except BaseException:
@@ -126,7 +128,9 @@ class LocalStore:
             os.unlink(tmp)
             raise
         os.rename(tmp, path)
-        if durable:
+        if durable or size < WRITE_BEHIND_MIN:
+            # Small objects (a file's few KiB) are left to the one syncfs before the
+            # manifest: waiting for each one's own disk write would serialise them.
             os.close(fd)
         else:
             self._behind.add(fd)
@@ -209,6 +213,10 @@ _SYNC_FILE_RANGE_WAIT_AFTER = 4
 
 def _sync_file_range(fd: int, flags: int) -> None:
     _libc.sync_file_range(fd, ctypes.c_int64(0), ctypes.c_int64(0), flags)
+
+
+WRITE_BEHIND_MIN = 256 << 10
+"""Objects at least this large are written back at once and dropped from the cache."""
 
 
 class _WriteBehind:
