@@ -13,10 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from core.devices import BlockDevice, DeviceTree, scan
 from core.errors import BlockvaultError, NeedsRootError
 from core.findings import ReturnCode
-from core.preflight import check_volume
 from core.repo.repository import REPO_ENV, ROOT_DEFAULT
 from tui.format import SEVERITY_STYLE, badges, human_size
 from tui.image_commands import add_image_commands
@@ -24,6 +22,8 @@ from tui.image_commands import add_image_commands
 if TYPE_CHECKING:  # rich is imported only for human output: --json runs start faster
     from rich.console import Console
     from rich.tree import Tree
+
+    from core.devices import BlockDevice, DeviceTree
 
 _TSM_OPTION = re.compile(r"^-([a-z][a-z]+)(=.*)?$")
 
@@ -70,6 +70,8 @@ def _device_line(dev: BlockDevice) -> str:
 
 
 def cmd_devices(args: argparse.Namespace, out: Console) -> int:
+    from core.devices import scan
+
     tree = scan()
     if args.json:
         print(json.dumps(tree.to_dict(), indent=2))
@@ -93,6 +95,8 @@ def _add_children(node: Tree, tree: DeviceTree, names: Sequence[str], seen: froz
 
 
 def cmd_check_volume(args: argparse.Namespace, out: Console) -> int:
+    from core.preflight import check_volume
+
     result = check_volume(args.target)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

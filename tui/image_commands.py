@@ -14,25 +14,22 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from core.devices import scan
-from core.engine.backup import BackupOptions, backup_image
-from core.engine.events import Progress
-from core.engine.restore import RestorePlan, plan_restore, restore_image
 from core.errors import BlockvaultError, TargetError
 from core.findings import Finding, ReturnCode
-from core.increments.backup import backup_increment
-from core.increments.chain import RestorePoint, choose_point, file_versions, point_in_time
-from core.increments.restore import restore_with_increments
-from core.mounts import mount_containing
 from core.repo.catalog import CatalogEntry, catalog, matches, target_names, volume_matches
-from core.repo.check import check_repository, prune_repository
 from core.repo.repository import Repository
-from core.snapshots import ImageType
-from core.targets import resolve
 from tui.format import SEVERITY_STYLE, human_size
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from core.engine.events import Progress
+    from core.engine.restore import RestorePlan
+    from core.increments.chain import RestorePoint
+
+# Each command imports the engine it drives when it runs (not at start-up): a
+# scripted backup pays only for the code it uses.
+IMAGE_TYPES = ("static", "snapshot", "dynamic")
 
 
 def escape(text: str) -> str:
@@ -108,6 +105,8 @@ def confirm_by_name(args: argparse.Namespace, name: str, what: str) -> None:
 
 
 def cmd_backup_increment(args: argparse.Namespace, out: Console) -> int:
+    from core.increments.backup import backup_increment
+
     repo = open_repo(args, create=False)
     progress = None if args.json else progress_printer(stderr_console())
     try:
@@ -150,6 +149,9 @@ def cmd_backup_increment(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
+    from core.engine.backup import BackupOptions, backup_image
+    from core.snapshots import ImageType
+
     if args.mode == "incremental":
         return cmd_backup_increment(args, out)
     if args.compare_content:
@@ -208,6 +210,9 @@ def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
 
 
 def _select(repo: Repository, target: str | None) -> list[CatalogEntry]:
+    from core.devices import scan
+    from core.targets import resolve
+
     entries = catalog(repo)
     if target is None:
         return entries
@@ -259,6 +264,10 @@ def cmd_query_image(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_query_backup(args: argparse.Namespace, out: Console) -> int:
+    from core.devices import scan
+    from core.increments.chain import file_versions
+    from core.mounts import mount_containing
+
     repo = open_repo(args, create=False)
     path = os.path.abspath(args.path)
     tree = scan()
@@ -330,6 +339,10 @@ def _print_plan(out: Console, plan: RestorePlan, entry: CatalogEntry) -> None:
 
 
 def _restore_point(repo: Repository, args: argparse.Namespace) -> RestorePoint:
+    from core.devices import scan
+    from core.increments.chain import choose_point, point_in_time
+    from core.targets import resolve
+
     """Return the image (and increment) ``restore image`` uses for SOURCE and the options."""
     if args.deletefiles and not args.incremental:
         raise TargetError("--deletefiles applies to --incremental restores; add --incremental")
@@ -353,6 +366,9 @@ def _restore_point(repo: Repository, args: argparse.Namespace) -> RestorePoint:
 
 
 def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
+    from core.engine.restore import plan_restore, restore_image
+    from core.increments.restore import restore_with_increments
+
     repo = open_repo(args, create=False)
     point = _restore_point(repo, args)
     entry = point.image
@@ -477,6 +493,8 @@ def cmd_delete_backup(args: argparse.Namespace, out: Console) -> int:
 
 
 def cmd_repo(args: argparse.Namespace, out: Console) -> int:
+    from core.repo.check import check_repository, prune_repository
+
     if args.action == "init":
         from core.repo.repository import default_location
 
@@ -541,7 +559,7 @@ def add_image_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("target", metavar="TARGET", help="block device or mount point")
     p.add_argument(
         "--imagetype",
-        choices=[t.value for t in ImageType],
+        choices=IMAGE_TYPES,
         help="static (offline, remount ro), snapshot (online), dynamic (as is, fuzzy); "
         "default: snapshot where possible, else static",
     )

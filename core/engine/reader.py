@@ -23,9 +23,7 @@ _memcmp.restype = ctypes.c_int
 class ChunkReader:
     """Reads byte ranges of ``path`` (starting at ``base``) into a reusable buffer.
 
-    One per worker thread: the buffer (``span`` bytes, a few chunks, since larger
-    direct reads are faster — 4 MiB: 1.8 GB/s, 16 MiB: 2.0 GB/s here) is reused for
-    every span the worker reads.
+    One per worker thread: the buffer (``span`` bytes) is reused for every read.
     """
 
     def __init__(self, path: str, base: int, span: int, chunk_size: int | None = None) -> None:
