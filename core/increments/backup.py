@@ -43,8 +43,14 @@ from core.devices import DeviceTree, scan
 from core.engine.events import JobReport, Meter, ProgressFn
 from core.errors import BlockvaultError
 from core.findings import Finding, ReturnCode
-from core.increments.manifest import FILE_CHUNK, FileEntry, FileManifest, entries_sorted
-from core.increments.scan import ScanResult, gc_paused, scan_tree
+from core.increments.manifest import (
+    FILE_CHUNK,
+    FileEntry,
+    FileManifest,
+    entries_sorted,
+    gc_paused,
+)
+from core.increments.scan import ScanResult, scan_tree
 from core.mounts import Mount
 from core.repo.catalog import catalog, volume_key
 from core.repo.format import ZERO_ID, chunk_digest, encode_chunk

@@ -6,16 +6,19 @@ incremental-by-date cannot know. Regular files carry the ids of their content
 chunks (``FILE_CHUNK`` bytes each; ``ZERO_ID`` for an all-zero piece, which is a
 hole in a sparse file); unchanged files reuse the previous manifest's ids.
 
-Stored as ``increments/<id>``: zstd-compressed, a magic, a JSON header line,
-then one JSON array per entry. Manifests are untrusted input on restore: the
-decoder checks types; paths are checked by the replay before anything is touched.
+Stored as ``increments/<id>``: zstd-compressed, a magic, a JSON header line, then
+one JSON array holding a row (an array) per entry. Manifests are untrusted input
+on restore: the decoder checks types; paths are checked by the replay before
+anything is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import zstandard
@@ -83,47 +86,6 @@ class FileEntry:
             self.link,
         ]
 
-    @classmethod
-    def from_row(cls, row: list[Any]) -> FileEntry:
-        """Return the entry of a JSON row; raise ValueError/TypeError if it is malformed."""
-        if not isinstance(row, list) or len(row) != 14:
-            raise ValueError("entry row must be a list of 14 fields")
-        (path, kind, mode, uid, gid, size, mtime, ctime, ino, nlink, target, rdev, chunks, link) = (
-            row
-        )
-        ints = (mode, uid, gid, size, mtime, ctime, ino, nlink, rdev)
-        if (
-            not isinstance(path, str)
-            or kind not in KINDS
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ints)
-        ):
-            raise ValueError(f"malformed entry {path!r}")
-        if min(mode, uid, gid, size, nlink, rdev) < 0 or mode > 0o7777:
-            raise ValueError(f"entry {path!r} has out-of-range numbers")
-        if not (target is None or isinstance(target, str)) or not (
-            link is None or isinstance(link, str)
-        ):
-            raise ValueError(f"entry {path!r} has a malformed link")
-        raw = bytes.fromhex(chunks) if isinstance(chunks, str) else None
-        if raw is None or len(raw) % ID_BYTES:
-            raise ValueError(f"entry {path!r} has a malformed chunk list")
-        return cls(
-            path,
-            kind,
-            mode,
-            uid,
-            gid,
-            size,
-            mtime,
-            ctime,
-            ino,
-            nlink,
-            target,
-            rdev,
-            tuple(raw[i : i + ID_BYTES] for i in range(0, len(raw), ID_BYTES)),
-            link,
-        )
-
     def same_content_as(self, other: FileEntry) -> bool:
         """True when both entries hold the same content (type, size, target, chunks)."""
         return (
@@ -186,19 +148,132 @@ class FileManifest:
         }
 
 
+ENTRY_FIELDS = (
+    "path",
+    "kind",
+    "mode",
+    "uid",
+    "gid",
+    "size",
+    "mtime_ns",
+    "ctime_ns",
+    "ino",
+    "nlink",
+    "target",
+    "rdev",
+    "chunks",
+    "link",
+)
+FAST_ENTRIES = (
+    tuple(f.name for f in fields(FileEntry)) == ENTRY_FIELDS
+    and "__slots__" not in FileEntry.__dict__
+    and not hasattr(FileEntry, "__post_init__")
+)
+"""Whether entries may be built by filling their instance dict in one go.
+
+The frozen dataclass's ``__init__`` sets its 14 fields one ``object.__setattr__`` at a
+time (2.8 µs an entry, as much as a scan's ``lstat``); one dict makes the same object
+(equal, same hash, same repr) in 1.2 µs. Only while FileEntry is a frozen dataclass
+with a ``__dict__``, exactly these fields and no ``__post_init__``.
+"""
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while many acyclic objects are built."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def entry_from_fields(values: dict[str, Any]) -> FileEntry:
+    """Return a FileEntry of already-checked ``values`` (all of :data:`ENTRY_FIELDS`)."""
+    if not FAST_ENTRIES:
+        return FileEntry(**values)
+    e = _new(FileEntry)
+    _set(e, "__dict__", values)
+    return e
+
+
 def encode_file_manifest(m: FileManifest) -> bytes:
-    """Return the stored form of a file manifest."""
-    lines: list[bytes] = [MANIFEST_MAGIC, json.dumps(m.header(), sort_keys=True).encode(), b"\n"]
-    for e in m.entries:
-        lines.append(json.dumps(e.to_row(), separators=(",", ":")).encode())
-        lines.append(b"\n")
-    return zstandard.ZstdCompressor(level=3).compress(b"".join(lines))
+    """Return the stored form of a file manifest: magic, header line, one array of rows."""
+    header = json.dumps(m.header(), sort_keys=True).encode()
+    # One dumps call for all rows: the C encoder, not 200,000 Python calls.
+    rows = json.dumps([e.to_row() for e in m.entries], separators=(",", ":")).encode()
+    return zstandard.ZstdCompressor(level=3).compress(
+        b"".join((MANIFEST_MAGIC, header, b"\n", rows, b"\n"))
+    )
 
 
-def _rows(body: bytes) -> Iterator[list[Any]]:
-    for line in body.split(b"\n"):
-        if line:
-            yield json.loads(line)
+def _entries(rows: Any) -> tuple[FileEntry, ...]:
+    """Return the entries of decoded rows, checking every field's type and range.
+
+    Written flat (one unpacking, exact type tests) because it runs once per file:
+    200,000 entries in well under a second.
+    """
+    if type(rows) is not list:
+        raise ValueError("the entries are not a list")
+    out: list[FileEntry] = []
+    append = out.append
+    make = entry_from_fields
+    for row in rows:
+        if type(row) is not list or len(row) != 14:
+            raise ValueError("an entry row is not a list of 14 fields")
+        path, kind, mode, uid, gid, size, mtime, ctime, ino, nlink, target, rdev, chunks, link = row
+        if not (
+            type(path) is str
+            and kind in KINDS
+            and type(chunks) is str
+            and type(mode) is int
+            and type(uid) is int
+            and type(gid) is int
+            and type(size) is int
+            and type(mtime) is int
+            and type(ctime) is int
+            and type(ino) is int
+            and type(nlink) is int
+            and type(rdev) is int
+            and (target is None or type(target) is str)
+            and (link is None or type(link) is str)
+        ):
+            raise ValueError(f"malformed entry {path!r}")
+        if not 0 <= mode <= 0o7777 or min(uid, gid, size, ino, nlink, rdev) < 0:
+            raise ValueError(f"entry {path!r} has out-of-range numbers")
+        if chunks:
+            raw = bytes.fromhex(chunks)
+            if len(raw) % ID_BYTES:
+                raise ValueError(f"entry {path!r} has a malformed chunk list")
+            pieces = tuple(raw[i : i + ID_BYTES] for i in range(0, len(raw), ID_BYTES))
+        else:
+            pieces = ()
+        append(
+            make(
+                {
+                    "path": path,
+                    "kind": kind,
+                    "mode": mode,
+                    "uid": uid,
+                    "gid": gid,
+                    "size": size,
+                    "mtime_ns": mtime,
+                    "ctime_ns": ctime,
+                    "ino": ino,
+                    "nlink": nlink,
+                    "target": target,
+                    "rdev": rdev,
+                    "chunks": pieces,
+                    "link": link,
+                }
+            )
+        )
+    return tuple(out)
 
 
 def decode_file_manifest(stored: bytes, key: str = "file manifest") -> FileManifest:
@@ -214,7 +289,10 @@ def decode_file_manifest(stored: bytes, key: str = "file manifest") -> FileManif
         h = json.loads(head)
         if h.get("format") != 1:
             raise ValueError("unknown format")
-        entries = tuple(FileEntry.from_row(r) for r in _rows(rest))
+        # Hundreds of thousands of new containers: the cyclic collector would walk them
+        # again and again while they are built, and they hold no cycles.
+        with gc_paused():
+            entries = _entries(json.loads(rest))
         if len(entries) != h["entries"]:
             raise ValueError("entry count does not match the header")
         return FileManifest(

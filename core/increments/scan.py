@@ -18,17 +18,15 @@ take over subtrees; on the machine measured it only made things slower (see
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import stat
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from operator import attrgetter
 
 from core.engine.events import Cancelled
-from core.increments.manifest import FileEntry
+from core.increments.manifest import FAST_ENTRIES, FileEntry, gc_paused
 from core.mounts import read_mounts
 
 _KIND_OF = {
@@ -80,39 +78,9 @@ class ScanResult:
     """Mount points below the root, sorted: recorded as directories, not descended."""
 
 
-_ENTRY_FIELDS = (
-    "path",
-    "kind",
-    "mode",
-    "uid",
-    "gid",
-    "size",
-    "mtime_ns",
-    "ctime_ns",
-    "ino",
-    "nlink",
-    "target",
-    "rdev",
-    "chunks",
-    "link",
-)
-
-
 _object_new = object.__new__
 _object_setattr = object.__setattr__
-_FAST_ENTRIES = (
-    tuple(f.name for f in fields(FileEntry)) == _ENTRY_FIELDS
-    and "__slots__" not in FileEntry.__dict__
-    and not hasattr(FileEntry, "__post_init__")
-)
-"""Build entries by filling their instance dict in one go.
-
-The frozen dataclass's ``__init__`` sets its 14 fields one ``object.__setattr__`` at a
-time: 2.8 µs an entry, as much as the listing and the ``lstat`` together. One dict
-makes the same object (equal, same hash, same repr) in 1.2 µs. Only while FileEntry
-is what this was written for — a frozen dataclass with a ``__dict__``, exactly these
-fields and no ``__post_init__`` — else the real constructor is used.
-"""
+_FAST_ENTRIES = FAST_ENTRIES  # see core.increments.manifest
 
 
 def _entry_of(path: str, st: os.stat_result, kind: str) -> FileEntry:
@@ -426,24 +394,6 @@ class _Walk:
                     e = replace(e, link=first)
             add(e)
         return out
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Hold off the cyclic garbage collector while a phase builds many lasting objects.
-
-    Walking 200,000 files makes 200,000 entries that all stay alive, and no reference
-    cycles; the collector would only traverse the growing list again and again (10 %
-    of a warm scan alone, more with a previous manifest's entries alive beside it).
-    Re-enabled on the way out, unless it was off already.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def scan_tree(
