@@ -10,9 +10,8 @@ import argparse
 import json
 import os
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import BlockvaultError, TargetError
 from core.findings import Finding, ReturnCode
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
 # Each command imports the engine it drives when it runs (not at start-up): a
 # scripted backup pays only for the code it uses.
 IMAGE_TYPES = ("static", "snapshot", "dynamic")
+T = TypeVar("T")
 
 
 def escape(text: str) -> str:
@@ -104,24 +104,45 @@ def confirm_by_name(args: argparse.Namespace, name: str, what: str) -> None:
 # --- backup image ----------------------------------------------------------------------
 
 
-def cmd_backup_increment(args: argparse.Namespace, out: Console) -> int:
-    from core.increments.backup import backup_increment
-
-    repo = open_repo(args, create=False)
+def with_progress(
+    args: argparse.Namespace, job: Callable[[Callable[[Progress], None] | None], T]
+) -> T:
+    """Run ``job(progress)``, drawing a status line on a terminal unless ``--json``."""
     progress = None if args.json else progress_printer(stderr_console())
     try:
-        report = backup_increment(
-            args.target, repo, hash_all=args.compare_content, progress=progress
-        )
+        return job(progress)
     finally:
         if progress:
             _end_progress(stderr_console())
+
+
+def print_report(
+    out: Console, args: argparse.Namespace, report: Any, title: str, rows: Sequence[tuple[str, str]]
+) -> int:
+    """Print a job's report (a two-column table and its findings, or ``--json``); return its rc."""
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return int(report.return_code)
     from rich.table import Table
 
-    table = Table(title=f"increment {report.increment_id}", show_header=False, box=None)
+    table = Table(title=title, show_header=False, box=None)
+    for k, v in rows:
+        table.add_row(k, escape(v))
+    out.print(table)
+    print_findings(out, report.findings)
+    return int(report.return_code)
+
+
+def cmd_backup_increment(args: argparse.Namespace, out: Console) -> int:
+    from core.increments.backup import backup_increment
+
+    repo = open_repo(args, create=False)
+    report = with_progress(
+        args,
+        lambda progress: backup_increment(
+            args.target, repo, hash_all=args.compare_content, progress=progress
+        ),
+    )
     rows = [
         ("volume", f"{report.device} at {report.mount_point}"),
         ("base image", report.base_image),
@@ -141,11 +162,7 @@ def cmd_backup_increment(args: argparse.Namespace, out: Console) -> int:
         ),
         ("duration", f"{report.duration:.2f} s (scan {report.scan_seconds:.2f} s)"),
     ]
-    for k, v in rows:
-        table.add_row(k, escape(v))
-    out.print(table)
-    print_findings(out, report.findings)
-    return int(report.return_code)
+    return print_report(out, args, report, f"increment {report.increment_id}", rows)
 
 
 def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
@@ -163,19 +180,9 @@ def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
         snapshot_cache_pct=args.snapshotcachesize,
         gap_size=args.imagegapsize,
     )
-    progress = None if args.json else progress_printer(stderr_console())
-    cancel = threading.Event()
-    try:
-        report = backup_image(args.target, repo, options, progress=progress, cancel=cancel)
-    finally:
-        if progress:
-            _end_progress(stderr_console())
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return int(report.return_code)
-    from rich.table import Table
-
-    table = Table(title=f"image {report.image_id}", show_header=False, box=None)
+    report = with_progress(
+        args, lambda progress: backup_image(args.target, repo, options, progress=progress)
+    )
     rows = [
         ("volume", f"{report.device} ({report.target})"),
         (
@@ -199,11 +206,7 @@ def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
         ),
         ("duration", f"{report.duration:.2f} s ({human_size(int(report.throughput))}/s)"),
     ]
-    for k, v in rows:
-        table.add_row(k, escape(v))
-    out.print(table)
-    print_findings(out, report.findings)
-    return int(report.return_code)
+    return print_report(out, args, report, f"image {report.image_id}", rows)
 
 
 # --- query image ---------------------------------------------------------------------------
@@ -294,13 +297,13 @@ def cmd_query_backup(args: argparse.Namespace, out: Console) -> int:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
-    for col in ("increment", "taken", "state", "size", "mode", "owner", "modified"):
+    # The increment's id is in --json; its time is what a point-in-time restore takes.
+    for col in ("increment taken", "state", "size", "mode", "owner", "modified"):
         table.add_column(col, no_wrap=True)
     for v in versions:
         e = v.entry
         table.add_row(
-            v.increment,
-            v.finished[:16].replace("T", " "),
+            v.finished[:19].replace("T", " "),
             v.state,
             human_size(e.size) if e else "",
             oct(e.mode)[2:] if e else "",
@@ -408,8 +411,8 @@ def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
             print(json.dumps(doc, indent=2))
         print(f"blockvault: {refusal}", file=sys.stderr)
         return int(ReturnCode.FAILED)
-    progress = None if args.json else progress_printer(stderr_console())
-    try:
+
+    def run(progress: Callable[[Progress], None] | None) -> tuple[Any, Any, int, dict[str, Any]]:
         if args.incremental:
             both = restore_with_increments(
                 point,
@@ -422,25 +425,21 @@ def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
                 progress=progress,
                 expected=plan.identity,
             )
-            report, replayed = both.image, both.replay
-            rc = both.return_code
-            doc: dict[str, Any] = both.to_dict()
-        else:
-            report = restore_image(
-                m,
-                dest,
-                repo,
-                confirm=plan.confirm_name,
-                to_file=args.imagetofile,
-                preserve_label=args.preserve_label,
-                verify=args.verifyimage,
-                progress=progress,
-                expected=plan.identity,
-            )
-            replayed, rc, doc = None, report.return_code, report.to_dict()
-    finally:
-        if progress:
-            _end_progress(stderr_console())
+            return both.image, both.replay, both.return_code, both.to_dict()
+        alone = restore_image(
+            m,
+            dest,
+            repo,
+            confirm=plan.confirm_name,
+            to_file=args.imagetofile,
+            preserve_label=args.preserve_label,
+            verify=args.verifyimage,
+            progress=progress,
+            expected=plan.identity,
+        )
+        return alone, None, alone.return_code, alone.to_dict()
+
+    report, replayed, rc, doc = with_progress(args, run)
     if args.json:
         print(json.dumps(doc, indent=2))
         return int(rc)

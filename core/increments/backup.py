@@ -44,6 +44,7 @@ from core.engine.events import JobReport, Meter, ProgressFn
 from core.errors import BlockvaultError
 from core.findings import Finding, ReturnCode
 from core.increments.manifest import (
+    ENTRY_FIELDS,
     FILE_CHUNK,
     FileEntry,
     FileManifest,
@@ -527,20 +528,7 @@ def _volume_record(vol: Volume, mount: Mount, key: str) -> dict[str, Any]:
     }
 
 
-_identity = attrgetter(
-    "kind",
-    "mode",
-    "uid",
-    "gid",
-    "size",
-    "mtime_ns",
-    "ctime_ns",
-    "ino",
-    "nlink",
-    "target",
-    "rdev",
-    "link",
-)
+_identity = attrgetter(*(f for f in ENTRY_FIELDS if f not in ("path", "chunks")))
 """Everything the scan sees of an entry (all but the content): equal means unchanged."""
 
 
