@@ -18,7 +18,7 @@ from typing import Any
 
 from core.bytesource import FileSource
 from core.labels import DiskLabel, read_label
-from core.mounts import Mount, read_mounts
+from core.mounts import MOUNTINFO_PATH, Mount, read_mounts
 from core.signatures import Signature, probe
 
 SYS_CLASS_BLOCK = "/sys/class/block"
@@ -398,6 +398,23 @@ def _probe_bytes(node: str) -> tuple[Signature | None, DiskLabel | None, str | N
 
 def _is_whole_file_loop(raw: _Raw) -> bool:
     return raw.loop is not None and raw.loop.offset == 0 and raw.loop.size_limit == 0
+
+
+def devices_signature(sys_class_block: str = SYS_CLASS_BLOCK) -> tuple[object, ...]:
+    """Return a cheap fingerprint of the device set: it changes when a scan would differ.
+
+    Names and sizes from sysfs (a loop device attached or resized changes its size)
+    and the mount table; no device is opened. A console polls this, and rescans
+    only when it changes.
+    """
+    names = _listdir(sys_class_block)
+    sizes = tuple(_read_int(os.path.join(sys_class_block, n, "size")) for n in names)
+    try:
+        with open(MOUNTINFO_PATH, "rb") as f:
+            mounts = hash(f.read())
+    except OSError:
+        mounts = 0
+    return (names, sizes, mounts)
 
 
 def scan(

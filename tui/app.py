@@ -1,164 +1,410 @@
-"""The blockvault console: the machine's block devices as a tree, and a volume's findings.
+"""The blockvault console: devices, jobs with live graphs, and guarded restores.
 
-Every scan runs in a thread worker and reports back through messages, so the
-UI never waits on sysfs, a slow device or ``/proc``.
+The app talks to core only through its public API (device scans, checks, the
+volume history and the job queue), so an agent process can later serve the
+same calls. Every scan runs in a thread worker and posts a message; job
+changes arrive as coalescing messages and are painted at most five times a
+second, so the UI never works through a backlog while a backup runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from collections.abc import Iterable
 
-from rich.markup import escape
-from rich.text import Text
 from textual import on, work
-from textual.app import App, ComposeResult
+from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
-from textual.message import Message
-from textual.widgets import Footer, Header, Static, Tree
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Input, TabbedContent, TabPane, Tree
 from textual.worker import Worker, WorkerState
 
-from core.devices import BlockDevice, DeviceTree, scan
-from core.preflight import VolumeCheck, check_volume
-from tui.format import SEVERITY_STYLE, badges, human_size
+from core.errors import BlockvaultError
+from core.jobs import BackupSpec, JobSpec, JobState, RestoreSpec
+from tui.messages import DevicesScanned, HistoryLoaded, JobChanged, VolumeChecked
+from tui.screens.actions import ActionsScreen
+from tui.screens.backup_dialog import BackupDialog
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.help import HelpScreen
+from tui.screens.restore_wizard import RestoreWizard
+from tui.services import CoreServices
+from tui.themes import DEFAULT_THEME, load_themes, pick_default
+from tui.widgets.device_tree import DeviceTreeView
+from tui.widgets.job_list import JobTable
+from tui.widgets.job_report import JobReport
+from tui.widgets.throughput import ThroughputGraph
+from tui.widgets.volume_details import VolumeDetails
 
-
-@dataclass
-class DevicesScanned(Message):
-    """A device scan finished."""
-
-    tree: DeviceTree
-
-
-@dataclass
-class VolumeChecked(Message):
-    """The findings for one device are ready."""
-
-    check: VolumeCheck
-
-
-def device_label(dev: BlockDevice) -> Text:
-    """Return one tree line: name, size, file system, mount point and state words."""
-    text = Text(dev.name, style="bold")
-    text.append(f"  {human_size(dev.size)}")
-    text.append(f"  {dev.fstype or 'raw'}")
-    if dev.mount_points:
-        text.append(f"  {dev.mount_points[0]}")
-    for word in badges(dev):
-        text.append(f" [{word}]", style="italic")
-    return text
+PAINT_EVERY = 0.2
+"""Seconds between repaints of changed jobs: five a second is live, and cheap over SSH."""
+WATCH_DEVICES_EVERY = 2.0
 
 
 class BlockvaultApp(App[int]):
-    """The console's first screen: device tree on the left, details on the right."""
+    """The console: device tree and jobs on the left, details or the job's report on the right."""
 
     TITLE = "blockvault"
-    CSS = """
-    #devices { width: 1fr; min-width: 30; border: round $primary; }
-    #details { width: 1fr; border: round $secondary; padding: 0 1; }
-    """
+    CSS_PATH = "app.tcss"
     BINDINGS = [
+        Binding("question_mark", "help", "Help", id="app.help"),
+        Binding("b", "backup", "Backup", id="volume.backup"),
+        Binding("i", "increment", "Increment", id="volume.increment"),
+        Binding("R", "restore", "Restore", id="volume.restore"),
+        Binding("c", "cancel_job", "Cancel job", id="job.cancel"),
+        Binding("slash", "filter", "Filter", id="devices.filter"),
+        Binding("r,f5", "refresh", "Rescan", id="devices.refresh"),
+        Binding("1", "show_tab('tab-volume')", "Details", show=False, id="view.details"),
+        Binding("2", "show_tab('tab-job')", "Job", show=False, id="view.job"),
+        Binding("t", "next_theme", "Theme", show=False, id="app.theme"),
+        Binding("space", "toggle_pause", "Pause", show=False, id="app.pause"),
         Binding("q", "quit", "Quit", id="app.quit"),
-        Binding("r", "refresh", "Refresh", id="devices.refresh"),
-        Binding("j", "cursor_down", "Down", show=False, id="tree.down"),
-        Binding("k", "cursor_up", "Up", show=False, id="tree.up"),
     ]
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        services: CoreServices | None = None,
+        theme: str | None = None,
+        read_only: bool = False,
+        watch_devices: bool = True,
+    ) -> None:
         super().__init__()
-        self.tree_data: DeviceTree | None = None
+        self.services = services if services is not None else CoreServices()
+        self.jobs = self.services.jobs
+        self.read_only = read_only
+        self.watch_devices = watch_devices
+        self.paused = False
+        self._dirty: set[str] = set()
+        self._device_signature: object = None
+        self._selected_device: str | None = None
+        self._unsubscribe = self.jobs.subscribe(lambda job: self.post_message(JobChanged(job)))
+        themes, self.theme_problems = load_themes()
+        self.theme_names = [t.name for t in themes]
+        for t in themes:
+            self.register_theme(t)
+        wanted = theme or pick_default(os.environ.get("TERM"), os.environ.get("COLORTERM"))
+        if wanted not in self.available_themes:
+            self.theme_problems.append(f"theme {wanted!r} is not known; using {DEFAULT_THEME}")
+            wanted = DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+        self.theme = wanted
+        if os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_TTY"):
+            # Over SSH every animation frame is bytes on a slow link.
+            self.animation_level = "none"
+
+    # --- layout -----------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield Header()
-        with Horizontal():
-            tree: Tree[str] = Tree("block devices", id="devices")
-            tree.show_root = False
-            yield tree
-            with VerticalScroll(id="details"):
-                yield Static("Scanning devices…", id="details-text")
+        with Horizontal(id="main"):
+            with Vertical(id="left"):
+                yield Input(placeholder="filter devices (Esc clears)", id="filter", compact=True)
+                yield DeviceTreeView(id="devices")
+                yield JobTable(id="jobs")
+            with TabbedContent(id="right", initial="tab-volume"):
+                with TabPane("Details (1)", id="tab-volume"):
+                    yield VolumeDetails(id="details")
+                with TabPane("Job (2)", id="tab-job"):
+                    yield ThroughputGraph(id="graph")
+                    yield JobReport(id="report")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#devices", Tree).focus()
+        self.query_one("#filter", Input).display = False
+        self.query_one("#devices", DeviceTreeView).focus()
+        self.query_one("#jobs", JobTable).border_title = "jobs"
+        self.query_one("#devices", DeviceTreeView).border_title = "devices"
+        if self.read_only:
+            self.sub_title = "read-only: restores hidden"
+        for problem in self.theme_problems:
+            self.notify(problem, title="theme", severity="warning", timeout=10)
+        for view in self.jobs.views():  # jobs that were queued before the console opened
+            self._dirty.add(view.id)
+        self.set_interval(PAINT_EVERY, self.paint_jobs)
+        if self.watch_devices:
+            self.set_interval(WATCH_DEVICES_EVERY, self.watch_for_devices)
         self.action_refresh()
+
+    def on_unmount(self) -> None:
+        self._unsubscribe()
+
+    # --- devices ----------------------------------------------------------------------------
 
     def action_refresh(self) -> None:
         """Rescan the machine's block devices in a worker."""
         self.scan_devices()
 
-    def action_cursor_down(self) -> None:
-        self.query_one("#devices", Tree).action_cursor_down()
-
-    def action_cursor_up(self) -> None:
-        self.query_one("#devices", Tree).action_cursor_up()
-
     @work(thread=True, exclusive=True, exit_on_error=False, group="scan")
     def scan_devices(self) -> None:
-        self.post_message(DevicesScanned(scan()))
+        self._device_signature = self.services.devices_signature()
+        self.post_message(DevicesScanned(self.services.scan()))
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="check")
-    def check_device(self, path: str) -> None:
-        self.post_message(VolumeChecked(check_volume(path)))
+    @work(thread=True, exclusive=True, exit_on_error=False, group="watch")
+    def watch_for_devices(self) -> None:
+        # Cheap (a directory listing and the mount table): a full scan only on a change.
+        if self.services.devices_signature() != self._device_signature:
+            self.scan_devices()
 
     @on(DevicesScanned)
     def show_devices(self, message: DevicesScanned) -> None:
-        self.tree_data = message.tree
-        widget = self.query_one("#devices", Tree)
-        # Keep the highlighted device across a refresh, so a rescan never loses the user's place.
-        keep = widget.cursor_node.data if widget.cursor_node else None
-        widget.clear()
-        nodes = {}
-
-        def add(parent, name: str, seen: frozenset[str]) -> None:  # type: ignore[no-untyped-def]
-            dev = message.tree.devices[name]
-            node = parent.add(device_label(dev), data=name, expand=True)
-            nodes[name] = node
-            children = [c for c in dev.children if c not in seen]
-            if not children:
-                node.allow_expand = False
-            for child in children:
-                add(node, child, seen | {child})
-
-        for root in message.tree.roots:
-            add(widget.root, root, frozenset({root}))
-        if keep in nodes:
-            widget.move_cursor(nodes[keep])
-        elif nodes:
-            widget.move_cursor(next(iter(nodes.values())))
+        self.query_one("#devices", DeviceTreeView).show_devices(message.tree)
 
     @on(Tree.NodeHighlighted, "#devices")
     def device_highlighted(self, event: Tree.NodeHighlighted[str]) -> None:
-        if self.tree_data is None or event.node.data is None:
-            return
-        dev = self.tree_data.devices.get(event.node.data)
+        dev = self.query_one("#devices", DeviceTreeView).selected
+        details = self.query_one("#details", VolumeDetails)
         if dev is None:
+            self._selected_device = None
+            details.show_group("volumes without a file system (raw)")
             return
-        self.query_one("#details-text", Static).update(f"{escape(dev.path)}: checking…")
+        if dev.path == self._selected_device:
+            return
+        self._selected_device = dev.path
+        details.show_pending(dev)
         self.check_device(dev.path)
+        self.load_history(dev.path)
+        self.query_one("#right", TabbedContent).active = "tab-volume"
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="check")
+    def check_device(self, path: str) -> None:
+        self.post_message(VolumeChecked(path, self.services.check(path)))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="history")
+    def load_history(self, path: str) -> None:
+        try:
+            self.post_message(HistoryLoaded(path, self.services.history(path)))
+        except BlockvaultError as e:
+            self.post_message(HistoryLoaded(path, None, e.message))
 
     @on(VolumeChecked)
     def show_check(self, message: VolumeChecked) -> None:
-        check = message.check
-        lines: list[str] = []
-        if check.volume is not None:
-            dev = check.volume.device
-            lines.append(f"[bold]{escape(dev.path)}[/]  {dev.kind.value}  {human_size(dev.size)}")
-            lines.append(
-                f"file system: {escape(dev.fstype or 'none (raw)')}"
-                + (f"  label: {escape(dev.fs_label)}" if dev.fs_label else "")
+        if message.path == self._selected_device:
+            self.query_one("#details", VolumeDetails).show_check(message.check)
+
+    @on(HistoryLoaded)
+    def show_history(self, message: HistoryLoaded) -> None:
+        if message.path == self._selected_device:
+            self.query_one("#details", VolumeDetails).show_history(message.history, message.error)
+
+    @on(Tree.NodeSelected, "#devices")
+    def device_selected(self, event: Tree.NodeSelected[str]) -> None:
+        dev = self.query_one("#devices", DeviceTreeView).selected
+        if dev is None:
+            return
+
+        def chosen(action: str | None) -> None:
+            if action == "backup":
+                self.action_backup()
+            elif action == "increment":
+                self.action_increment()
+            elif action == "restore":
+                self.action_restore()
+            elif action == "refresh":
+                self._selected_device = None
+                self.action_refresh()
+
+        self.push_screen(ActionsScreen(dev.path, read_only=self.read_only), chosen)
+
+    def action_filter(self) -> None:
+        """Show the filter box above the device tree."""
+        box = self.query_one("#filter", Input)
+        box.display = True
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def filter_changed(self, event: Input.Changed) -> None:
+        self.query_one("#devices", DeviceTreeView).set_filter(event.value.strip())
+
+    @on(Input.Submitted, "#filter")
+    def filter_done(self) -> None:
+        self.query_one("#devices", DeviceTreeView).focus()
+
+    def key_escape(self) -> None:
+        box = self.query_one("#filter", Input)
+        if box.display:
+            box.value = ""
+            box.display = False
+            self.query_one("#devices", DeviceTreeView).focus()
+
+    # --- backup and restore -----------------------------------------------------------------
+
+    def _volume_or_warn(self) -> str | None:
+        dev = self.query_one("#devices", DeviceTreeView).selected
+        if dev is None:
+            self.notify("highlight a volume in the device tree first", severity="warning")
+            return None
+        return dev.path
+
+    def action_backup(self, mode: str = "full") -> None:
+        """Open the backup dialog for the highlighted volume."""
+        target = self._volume_or_warn()
+        if target is None:
+            return
+        dev = self.query_one("#devices", DeviceTreeView).selected
+        if mode == "incremental" and dev is not None and dev.mount_points:
+            target = dev.mount_points[0]
+        self.push_screen(BackupDialog(target, self.services, mode=mode), self.submit_job)
+
+    def action_increment(self) -> None:
+        """Open the backup dialog with a file-level increment chosen."""
+        self.action_backup("incremental")
+
+    def action_restore(self) -> None:
+        """Open the restore wizard for the highlighted volume."""
+        if self.read_only:
+            self.notify("read-only console: restores are hidden", severity="warning")
+            return
+        dev = self.query_one("#devices", DeviceTreeView).selected
+        self.push_screen(
+            RestoreWizard(dev.path if dev else None, self.services), self.submit_job
+        )
+
+    def submit_job(self, spec: JobSpec | None) -> None:
+        """Queue ``spec`` (from the backup dialog or the restore wizard); None does nothing."""
+        if spec is None:
+            return
+        self.queue_job(spec)
+        self.query_one("#right", TabbedContent).active = "tab-job"
+        self.query_one("#jobs", JobTable).focus()
+
+    @work(thread=True, exit_on_error=False, group="submit")
+    def queue_job(self, spec: BackupSpec | RestoreSpec) -> None:
+        # Resolving the job's device reads sysfs: off the UI thread.
+        job_id = self.jobs.submit(spec)
+        self.call_from_thread(self._select_job, job_id)
+
+    def _select_job(self, job_id: str) -> None:
+        self._dirty.add(job_id)
+        self.paint_jobs()
+        table = self.query_one("#jobs", JobTable)
+        if job_id in table.rows:
+            table.move_cursor(row=table.get_row_index(job_id))
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    @on(JobChanged)
+    def job_changed(self, message: JobChanged) -> None:
+        self._dirty.add(message.job_id)
+
+    def paint_jobs(self) -> None:
+        """Repaint the jobs that changed since the last paint (unless paused)."""
+        if self.paused or not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, set()
+        table = self.query_one("#jobs", JobTable)
+        for job_id in sorted(dirty, key=int):
+            table.show_job(self.jobs.view(job_id))
+        self.query_one("#devices", DeviceTreeView).set_busy(
+            frozenset(v.device for v in self.jobs.active() if v.device)
+        )
+        selected = table.selected_job
+        if selected is not None and selected in dirty:
+            self.show_job(selected)
+
+    def show_job(self, job_id: str) -> None:
+        """Show one job's graph and report on the right."""
+        view = self.jobs.view(job_id)
+        self.query_one("#graph", ThroughputGraph).set_samples(view.samples)
+        self.query_one("#report", JobReport).show(view)
+
+    @on(JobTable.RowHighlighted, "#jobs")
+    def job_highlighted(self, event: JobTable.RowHighlighted) -> None:
+        if event.row_key.value is not None:
+            self.show_job(event.row_key.value)
+            self.query_one("#right", TabbedContent).active = "tab-job"
+
+    def action_cancel_job(self) -> None:
+        """Ask, then cancel the highlighted job."""
+        job_id = self.query_one("#jobs", JobTable).selected_job
+        if job_id is None:
+            self.notify("no job to cancel", severity="warning")
+            return
+        view = self.jobs.view(job_id)
+        if view.state.finished:
+            self.notify(f"job {job_id} has already {view.state.value}", severity="warning")
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.jobs.cancel(job_id)
+
+        self.push_screen(
+            ConfirmScreen(
+                f"Cancel job {job_id}: {view.title}? Nothing half-done becomes visible.",
+                yes="Cancel the job",
+                no="Keep it running",
+            ),
+            answer,
+        )
+
+    def action_toggle_pause(self) -> None:
+        """Pause or resume live updates (jobs keep running)."""
+        self.paused = not self.paused
+        self.sub_title = "live updates paused (space resumes)" if self.paused else ""
+        if not self.paused:
+            self.paint_jobs()
+
+    # --- the rest ---------------------------------------------------------------------------
+
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one("#right", TabbedContent).active = tab
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen())
+
+    def action_next_theme(self) -> None:
+        """Switch to the next blockvault theme."""
+        names = self.theme_names or [self.theme]
+        i = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(i + 1) % len(names)]
+        self.notify(f"theme: {self.theme}", timeout=2)
+
+    async def action_quit(self) -> None:
+        """Quit; while jobs run, ask first (quitting cancels them)."""
+        running = [v for v in self.jobs.active() if v.state is not JobState.QUEUED]
+        queued = [v for v in self.jobs.active() if v.state is JobState.QUEUED]
+        if not running and not queued:
+            self.exit(0)
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.jobs.close()
+                self.exit(0)
+
+        self.push_screen(
+            ConfirmScreen(
+                f"{len(running)} job(s) running and {len(queued)} queued. Quitting cancels "
+                "them (a cancelled backup leaves no image; its chunks are reused next time).",
+                yes="Quit and cancel",
+                no="Stay",
+            ),
+            answer,
+        )
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Offer the actions that make sense now, with namespaced names."""
+        yield from super().get_system_commands(screen)
+        dev = self.query_one("#devices", DeviceTreeView).selected
+        if dev is not None:
+            yield SystemCommand(
+                "volume: back up", f"image backup of {dev.path}", self.action_backup
             )
-            if dev.uuid:
-                lines.append(f"uuid: {escape(dev.uuid)}")
-            if dev.loop is not None:
-                lines.append(f"backing file: {escape(dev.loop.backing_file)}")
-            lines.append("")
-        for f in check.findings:
-            style = SEVERITY_STYLE[f.severity]
-            lines.append(f"[{style}]{f.severity.word.upper()}[/] {f.code}")
-            lines.append(f"  {escape(f.message)}")
-        if not check.findings:
-            lines.append("no findings")
-        self.query_one("#details-text", Static).update("\n".join(lines))
+            yield SystemCommand(
+                "volume: increment", f"file-level increment of {dev.path}", self.action_increment
+            )
+            if not self.read_only:
+                yield SystemCommand(
+                    "volume: restore", f"restore wizard for {dev.path}", self.action_restore
+                )
+        yield SystemCommand("device: rescan", "read the block devices again", self.action_refresh)
+        yield SystemCommand("device: filter", "filter the device tree", self.action_filter)
+        job_id = self.query_one("#jobs", JobTable).selected_job
+        if job_id is not None and not self.jobs.view(job_id).state.finished:
+            yield SystemCommand("job: cancel", f"cancel job {job_id}", self.action_cancel_job)
+        yield SystemCommand("view: pause", "pause or resume live updates", self.action_toggle_pause)
+        yield SystemCommand("view: next theme", "switch the colour theme", self.action_next_theme)
+        yield SystemCommand("app: help", "every key and what it does", self.action_help)
 
     @on(Worker.StateChanged)
     def worker_failed(self, event: Worker.StateChanged) -> None:
@@ -167,6 +413,12 @@ class BlockvaultApp(App[int]):
             self.notify(str(event.worker.error), title="error", severity="error", timeout=10)
 
 
-def run_console() -> int:
+def run_console(
+    *, repo_location: str | None = None, theme: str | None = None, read_only: bool = False
+) -> int:
     """Open the console; return its exit code."""
-    return BlockvaultApp().run() or 0
+    services = CoreServices(repo_location)
+    try:
+        return BlockvaultApp(services=services, theme=theme, read_only=read_only).run() or 0
+    finally:
+        services.close()

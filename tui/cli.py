@@ -135,6 +135,22 @@ def build_parser() -> argparse.ArgumentParser:
         prog="blockvault",
         description="Image backups of Linux volumes. With no command, opens the console.",
     )
+    console = parser.add_argument_group("console (no COMMAND)")
+    console.add_argument(
+        "--repo",
+        metavar="PATH",
+        default=os.environ.get(REPO_ENV) or None,
+        help=f"repository (default: ${REPO_ENV}, else {ROOT_DEFAULT} for root)",
+    )
+    console.add_argument(
+        "--theme",
+        metavar="NAME",
+        help="blockvault-dark, blockvault-light, blockvault-contrast, blockvault-16, "
+        "or a theme file's name from ~/.config/blockvault/themes",
+    )
+    console.add_argument(
+        "--read-only", action="store_true", help="hide restore actions (look, back up, never write)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("devices", parents=[common], help="list the machine's block devices")
@@ -163,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         from tui.app import run_console
 
-        return run_console()
+        return run_console(repo_location=args.repo, theme=args.theme, read_only=args.read_only)
     out = _console(args)
     try:
         if getattr(args, "needs_root", False):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import BlockvaultError, TargetError
 from core.findings import Finding, ReturnCode
-from core.repo.catalog import CatalogEntry, catalog, matches, target_names, volume_matches
+from core.repo.catalog import CatalogEntry, catalog, target_names, volume_matches
 from core.repo.repository import Repository
 from tui.format import SEVERITY_STYLE, human_size
 
@@ -213,18 +213,11 @@ def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
 
 
 def _select(repo: Repository, target: str | None) -> list[CatalogEntry]:
-    from core.devices import scan
-    from core.targets import resolve
+    from core.history import volume_history
 
-    entries = catalog(repo)
     if target is None:
-        return entries
-    try:
-        device = resolve(target, scan()).device
-    except TargetError:
-        device = None  # the volume may be gone: match by the name given
-    names = target_names(target, device)
-    return [e for e in entries if matches(e, names)]
+        return catalog(repo)
+    return list(volume_history(repo, target, increments=()).images)
 
 
 def cmd_query_image(args: argparse.Namespace, out: Console) -> int:
@@ -342,30 +335,17 @@ def _print_plan(out: Console, plan: RestorePlan, entry: CatalogEntry) -> None:
 
 
 def _restore_point(repo: Repository, args: argparse.Namespace) -> RestorePoint:
-    from core.devices import scan
-    from core.increments.chain import choose_point, point_in_time
-    from core.targets import resolve
-
     """Return the image (and increment) ``restore image`` uses for SOURCE and the options."""
+    from core.history import volume_history
+    from core.increments.chain import point_in_time
+
     if args.deletefiles and not args.incremental:
         raise TargetError("--deletefiles applies to --incremental restores; add --incremental")
     if args.incremental and args.imagetofile:
         raise TargetError("--incremental replays files onto a mounted volume: give a device DEST")
     pit = point_in_time(args.pitdate, args.pittime)
-    try:
-        device = resolve(args.source, scan()).device
-    except TargetError:
-        device = None  # the volume may be gone: match by the name given
-    names = target_names(args.source, device)
-    images = [e for e in catalog(repo) if matches(e, names)]
-    if pit is None and args.image is None:
-        images = [e for e in images if e.active]  # the default: the newest active image
-    increments = (
-        [m for m in repo.increments() if volume_matches(m.volume, names)]
-        if args.incremental
-        else []
-    )
-    return choose_point(images, increments, pit, image_id=args.image, volume=args.source)
+    history = volume_history(repo, args.source, increments=None if args.incremental else ())
+    return history.point(pit, image_id=args.image, incremental=args.incremental)
 
 
 def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:

@@ -203,7 +203,7 @@ def backup_image(
             table = bytearray(((view.size + chunk_size - 1) // chunk_size) * len(ZERO_ID))
             previous = _previous_digests(repo, key)
             total = sum(e - s for _, rs in work for s, e in rs)
-            meter = Meter("reading", total, progress, cancel)
+            meter = Meter("reading", total, progress, cancel, report=report)
             try:
                 _run_pipeline(view, repo, work, chunk_size, table, previous, report, meter, options)
             finally:

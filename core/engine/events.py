@@ -76,8 +76,12 @@ class Meter:
         total: int,
         callback: ProgressFn | None,
         cancel: threading.Event | None = None,
+        *,
+        report: object | None = None,
     ) -> None:
         self.phase = phase
+        self.report = report
+        """A report whose integer fields each event carries as live counters."""
         self.total = total
         self.callback = callback
         self.cancel = cancel
@@ -124,6 +128,13 @@ class Meter:
         t0, d0 = self._samples[0]
         rate = (self.done - d0) / (now - t0) if now > t0 else 0.0
         left = max(0, self.total - self.done)
+        counters = dict(self.counters)
+        if self.report is not None:
+            # Plain int fields only; read without the report's lock, a figure is at
+            # most one chunk behind, which a live view can bear.
+            counters.update(
+                (k, v) for k, v in vars(self.report).items() if type(v) is int
+            )
         return Progress(
             phase=self.phase,
             done=self.done,
@@ -131,7 +142,7 @@ class Meter:
             rate=rate,
             eta=left / rate if rate > 0 else None,
             elapsed=now - self._start,
-            counters=dict(self.counters),
+            counters=counters,
         )
 
     @property

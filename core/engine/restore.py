@@ -470,7 +470,7 @@ def restore_image(
             )
         report = RestoreReport(manifest.id, plan.confirm_name, bytes_image=manifest.size)
         report.findings = list(plan.findings)
-        meter = Meter("restoring", manifest.size, progress, cancel)
+        meter = Meter("restoring", manifest.size, progress, cancel, report=report)
         dest = _Dest(plan, manifest.size)
         if plan.device is not None and os.fstat(dest.fd).st_rdev != os.makedev(
             plan.device.major, plan.device.minor

@@ -674,7 +674,13 @@ def backup_increment(
                 )
             with gc_paused():
                 plan = _Plan(scanned, prev_by_path, hash_all)
-            meter = Meter("reading", sum(j.entry.size for j in plan.jobs), progress, cancel)
+            meter = Meter(
+                "reading",
+                sum(j.entry.size for j in plan.jobs),
+                progress,
+                cancel,
+                report=report,
+            )
             known = previous.stored_digests() if previous else set()
             pipeline = _Pipeline(repo, _Opener(root_fd, scanned.device), known, report, meter)
             # Inode order: neighbouring inodes (and their data) tend to lie together.

@@ -1,0 +1,444 @@
+"""The restore wizard: volume → version → target → options → findings → typed confirmation.
+
+Nothing is written here: the wizard dismisses with a :class:`RestoreSpec` that
+carries the typed name and the target's identity as it was shown, and the
+engine checks every guard again when it starts writing. Escape goes back one
+step; from the first step it leaves the wizard.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.markup import escape
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Checkbox, ContentSwitcher, Input, OptionList, Static
+from textual.widgets.option_list import Option
+
+from core.devices import DeviceTree
+from core.engine.restore import RestorePlan
+from core.errors import BlockvaultError
+from core.findings import Severity
+from core.history import VolumeHistory, volume_history
+from core.increments.chain import RestorePoint
+from core.jobs import RestoreSpec
+from tui.format import badges, human_size
+from tui.services import Catalog, CoreServices
+from tui.widgets.volume_details import finding_lines
+
+STEPS = ("volume", "version", "target", "options", "findings", "confirm")
+TITLES = {
+    "volume": "1/6 volume: which volume's backups?",
+    "version": "2/6 version: an image, or a point in time on the increment timeline",
+    "target": "3/6 target: the device to overwrite",
+    "options": "4/6 options",
+    "findings": "5/6 findings: read them (scroll to the end) before confirming",
+    "confirm": "6/6 confirm: type the target's name",
+}
+
+
+def _when(stamp: str) -> str:
+    return stamp[:19].replace("T", " ")
+
+
+class RestoreWizard(ModalScreen[RestoreSpec | None]):
+    """Walk to a confirmed restore of ``source``'s backups; dismiss with the job or None."""
+
+    BINDINGS = [Binding("escape", "back", "Back", id="restore.back")]
+    DEFAULT_CSS = """
+    RestoreWizard { align: center middle; }
+    RestoreWizard > Vertical { width: 100; max-width: 100%; height: 100%; max-height: 40;
+                               border: thick $error; background: $surface; padding: 0 1; }
+    RestoreWizard #wizard-step { text-style: bold; color: $accent; }
+    RestoreWizard ContentSwitcher { height: 1fr; }
+    RestoreWizard ContentSwitcher > * { height: 1fr; }
+    RestoreWizard #findings-scroll { height: 1fr; border: round $warning; }
+    RestoreWizard #confirm { height: 1fr; }
+    RestoreWizard #confirm-identity { height: auto; }
+    RestoreWizard #confirm-status { height: auto; }
+    RestoreWizard #wizard-buttons { height: auto; }
+    RestoreWizard Button { margin-right: 2; }
+    """
+
+    def __init__(self, source: str | None, services: CoreServices) -> None:
+        super().__init__()
+        self.source = source
+        self.services = services
+        self.catalog: Catalog | None = None
+        self.history: VolumeHistory | None = None
+        self.points: list[RestorePoint] = []
+        self.point: RestorePoint | None = None
+        self.dest: str | None = None
+        self.plan: RestorePlan | None = None
+        self.findings_read = False
+
+    # --- layout -----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static("Restore", id="wizard-title")
+            yield Static(TITLES["volume"], id="wizard-step")
+            with ContentSwitcher(initial="volume"):
+                yield OptionList(id="volume")
+                yield OptionList(id="version")
+                yield OptionList(id="target")
+                with Vertical(id="options"):
+                    yield Checkbox(
+                        "replay the increment onto the image (--incremental)",
+                        id="opt-incremental",
+                        compact=True,
+                    )
+                    yield Checkbox(
+                        "delete files the increment does not list (--deletefiles)",
+                        id="opt-deletefiles",
+                        compact=True,
+                    )
+                    yield Checkbox(
+                        "leave the target's own disk label untouched (--preserve-label)",
+                        id="opt-preserve",
+                        compact=True,
+                    )
+                    yield Checkbox(
+                        "read back and verify after writing (--verifyimage)",
+                        id="opt-verify",
+                        compact=True,
+                    )
+                    yield Button(
+                        "Next: findings", id="options-next", variant="primary", compact=True
+                    )
+                with VerticalScroll(id="findings"):
+                    yield Static("checking the target…", id="findings-text")
+                with Vertical(id="confirm"):
+                    yield Static("", id="confirm-identity")
+                    yield Input(
+                        placeholder="type the target's name", id="confirm-input", compact=True
+                    )
+                    yield Static("", id="confirm-status")
+            with Horizontal(id="wizard-buttons"):
+                yield Button("Next: confirm", id="next", compact=True)
+                yield Button("Restore", id="restore", variant="error", disabled=True, compact=True)
+                yield Button("Back (esc)", id="back-button", compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one("#restore", Button).display = False
+        self.query_one("#volume", OptionList).focus()
+        self.load_catalog()
+
+    @property
+    def step(self) -> str:
+        """The name of the step shown."""
+        return self.query_one(ContentSwitcher).current or "volume"
+
+    def go(self, step: str) -> None:
+        """Show ``step`` and focus its first control."""
+        self.query_one(ContentSwitcher).current = step
+        self.query_one("#wizard-step", Static).update(TITLES[step])
+        on_confirm = step == "confirm"
+        self.query_one("#restore", Button).display = on_confirm
+        self.query_one("#next", Button).display = step in ("findings",)
+        focus = {
+            "volume": "#volume",
+            "version": "#version",
+            "target": "#target",
+            "options": "#opt-incremental",
+            "findings": "#findings",
+            "confirm": "#confirm-input",
+        }[step]
+        self.query_one(focus).focus()
+
+    # --- step 1: volume ---------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="wizard")
+    def load_catalog(self) -> None:
+        try:
+            found = self.services.catalog()
+        except BlockvaultError as e:
+            self.app.call_from_thread(self.show_error, e.message)
+            return
+        self.app.call_from_thread(self.show_volumes, found)
+
+    def show_error(self, message: str) -> None:
+        """Show why the wizard cannot go on (no repository, …)."""
+        self.query_one("#volume", OptionList).add_option(Option(escape(message), disabled=True))
+
+    def show_volumes(self, found: Catalog) -> None:
+        """List every volume that has images; the one the wizard was opened on first."""
+        self.catalog = found
+        volumes: dict[str, str] = {}
+        for e in found.images:
+            v = e.manifest.volume
+            key = str(v.get("key"))
+            volumes.setdefault(key, f"{key}  ({v.get('device')}, {v.get('fstype') or 'raw'})")
+        listing = self.query_one("#volume", OptionList)
+        if not volumes:
+            listing.add_option(Option("the repository holds no images yet", disabled=True))
+            return
+        highlight = 0
+        for i, (key, label) in enumerate(volumes.items()):
+            listing.add_option(Option(escape(label), id=key))
+            if self.source and self._is_source(key):
+                highlight = i
+        listing.highlighted = highlight
+
+    def _is_source(self, key: str) -> bool:
+        assert self.catalog is not None
+        dev = self.catalog.tree.by_path(self.source or "")
+        names = {self.source, *(dev.mount_points if dev else ()), dev.path if dev else None}
+        return key in names or any(
+            e.manifest.volume.get("key") == key and e.manifest.volume.get("device") in names
+            for e in self.catalog.images
+        )
+
+    @on(OptionList.OptionSelected, "#volume")
+    def volume_chosen(self, event: OptionList.OptionSelected) -> None:
+        assert self.catalog is not None
+        key = event.option.id or ""
+        self.history = volume_history(
+            None,  # the lists are given: the repository is not read again
+            key,
+            self.catalog.tree,
+            images=self.catalog.images,
+            increments=self.catalog.increments,
+        )
+        self.show_versions(self.history)
+        self.go("version")
+
+    # --- step 2: version --------------------------------------------------------------------
+
+    def show_versions(self, history: VolumeHistory) -> None:
+        """List the images and increments as restore points, newest first."""
+        listing = self.query_one("#version", OptionList)
+        listing.clear_options()
+        self.points = []
+        for t in history.timeline():
+            if t.kind == "image":
+                point = history.point(image_id=t.id)
+                m = point.image.manifest
+                label = (
+                    f"■ image      {_when(t.finished)}  {m.imagetype}"
+                    f"{' fuzzy' if m.fuzzy else ''}  {human_size(m.size)}"
+                    f"{'' if point.image.active else '  inactive'}"
+                )
+            else:
+                point = history.point(datetime.fromisoformat(t.finished), incremental=True)
+                if point.increment is None or point.increment.id != t.id:
+                    continue  # no image finished before it: not a restorable point
+                label = (
+                    f"│ increment  {_when(t.finished)}  onto image "
+                    f"{_when(point.image.manifest.finished)}  ({escape(t.summary)})"
+                )
+            listing.add_option(Option(label, id=str(len(self.points))))
+            self.points.append(point)
+        if self.points:
+            listing.highlighted = 0
+        else:
+            listing.add_option(Option("this volume has no restorable image", disabled=True))
+
+    @on(OptionList.OptionSelected, "#version")
+    def version_chosen(self, event: OptionList.OptionSelected) -> None:
+        assert self.catalog is not None
+        self.point = self.points[int(event.option.id or 0)]
+        self.show_targets(self.catalog.tree, str(self.point.image.manifest.volume.get("device")))
+        self.go("target")
+
+    # --- step 3: target ---------------------------------------------------------------------
+
+    def show_targets(self, tree: DeviceTree, original: str) -> None:
+        """List block devices that can take the image; the original device first."""
+        assert self.point is not None
+        size = self.point.image.manifest.size
+        listing = self.query_one("#target", OptionList)
+        listing.clear_options()
+        devices = sorted(tree, key=lambda d: (d.path != original, d.path))
+        for dev in devices:
+            words = badges(dev, tree)
+            if dev.size < size:
+                words.append("too small")
+            label = f"{dev.path}  {human_size(dev.size)}  {dev.fstype or 'raw'}"
+            if dev.path == original:
+                label += "  (original)"
+            if words:
+                label += "  " + " ".join(f"[{w}]" for w in words)
+            listing.add_option(Option(escape(label), id=dev.path))
+        listing.highlighted = 0 if devices else None
+
+    @on(OptionList.OptionSelected, "#target")
+    def target_chosen(self, event: OptionList.OptionSelected) -> None:
+        assert self.point is not None
+        self.dest = event.option.id
+        has_increment = self.point.increment is not None
+        replay = self.query_one("#opt-incremental", Checkbox)
+        replay.value = has_increment
+        replay.disabled = not has_increment
+        self.query_one("#opt-deletefiles", Checkbox).disabled = not has_increment
+        self.go("options")
+
+    @on(Checkbox.Changed, "#opt-incremental")
+    def replay_changed(self, event: Checkbox.Changed) -> None:
+        deletefiles = self.query_one("#opt-deletefiles", Checkbox)
+        deletefiles.disabled = not event.value
+        if not event.value:
+            deletefiles.value = False
+
+    # --- step 4 → 5: options, then the guards' findings -----------------------------------------
+
+    @on(Button.Pressed, "#options-next")
+    def options_done(self) -> None:
+        self.plan = None
+        self.findings_read = False
+        self.query_one("#findings-text", Static).update("checking the target…")
+        self.query_one("#next", Button).disabled = True
+        self.go("findings")
+        self.run_plan(self.query_one("#opt-preserve", Checkbox).value)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="wizard-plan")
+    def run_plan(self, preserve_label: bool) -> None:
+        assert self.point is not None and self.dest is not None
+        try:
+            plan = self.services.plan_restore(
+                self.point.image, self.dest, preserve_label=preserve_label
+            )
+        except BlockvaultError as e:
+            self.app.call_from_thread(self.show_plan_error, e.message)
+            return
+        self.app.call_from_thread(self.show_plan, plan)
+
+    def show_plan_error(self, message: str) -> None:
+        """Show why the target cannot be checked (confirming stays impossible)."""
+        self.query_one("#findings-text", Static).update(f"[bold red]{escape(message)}[/]")
+
+    def show_plan(self, plan: RestorePlan) -> None:
+        """Show every guard's finding; a blocker keeps the confirmation closed."""
+        self.plan = plan
+        assert self.point is not None
+        m = self.point.image.manifest
+        lines = [
+            f"image [b]{m.id}[/b] ({escape(str(m.volume.get('key')))}, {human_size(m.size)}, "
+            f"{m.imagetype}) → [b]{escape(plan.confirm_name)}[/b]"
+        ]
+        inc = self.point.increment if self.query_one("#opt-incremental", Checkbox).value else None
+        if inc is not None:
+            lines.append(
+                f"then replay increment {inc.id} (finished {_when(inc.finished)})"
+                + (
+                    ", deleting files it does not list"
+                    if self.query_one("#opt-deletefiles", Checkbox).value
+                    else ""
+                )
+            )
+        lines.append("")
+        lines += finding_lines(plan.findings) or ["no findings"]
+        lines.append("")
+        if plan.blocked:
+            lines.append(
+                "[bold red]BLOCKED[/] a blocker cannot be confirmed away; "
+                "nothing will be written. Esc goes back."
+            )
+        else:
+            lines.append("end of findings: Enter goes on to the confirmation")
+        self.query_one("#findings-text", Static).update("\n".join(lines))
+        self.call_after_refresh(self.check_read)
+
+    def check_read(self) -> None:
+        """Open the way on only once the findings were scrolled to their end."""
+        scroll = self.query_one("#findings", VerticalScroll)
+        if scroll.scroll_y >= scroll.max_scroll_y:
+            self.findings_read = True
+        ready = self.plan is not None and not self.plan.blocked and self.findings_read
+        self.query_one("#next", Button).disabled = not ready
+
+    def on_mouse_scroll_down(self) -> None:
+        self.call_after_refresh(self.check_read)
+
+    # --- step 6: typed confirmation -------------------------------------------------------------
+
+    @on(Button.Pressed, "#next")
+    def findings_done(self) -> None:
+        self.check_read()
+        if self.query_one("#next", Button).disabled or self.plan is None:
+            why = (
+                "a blocker cannot be confirmed away"
+                if self.plan is not None and self.plan.blocked
+                else "read the findings to their end first (scroll down)"
+            )
+            self.query_one("#findings-text", Static).refresh()
+            self.notify(why, severity="error")
+            return
+        self.show_confirm(self.plan)
+        self.go("confirm")
+
+    def show_confirm(self, plan: RestorePlan) -> None:
+        """Echo the target's identity and ask for its exact name."""
+        dev = plan.device
+        ident = [f"[b]{escape(plan.confirm_name)}[/b] will be overwritten."]
+        if dev is not None:
+            ident.append(
+                f"  size {human_size(dev.size)}, {dev.kind.value}, "
+                f"file system {escape(dev.fstype or 'none')}"
+                + (f", serial {escape(dev.serial)}" if dev.serial else "")
+                + (
+                    f", mounted at {escape(', '.join(dev.mount_points))}"
+                    if dev.mount_points
+                    else ", not mounted"
+                )
+            )
+            if dev.loop is not None:
+                ident.append(f"  backing file {escape(dev.loop.backing_file)}")
+        warnings = [f for f in plan.findings if f.severity is Severity.WARNING]
+        if warnings:
+            ident.append(
+                f"  {len(warnings)} warning(s) read: " + ", ".join(escape(f.code) for f in warnings)
+            )
+        ident.append(f"Type [b]{escape(plan.confirm_name)}[/b] and press Enter to restore.")
+        self.query_one("#confirm-identity", Static).update("\n".join(ident))
+        box = self.query_one("#confirm-input", Input)
+        box.value = ""
+        self.query_one("#confirm-status", Static).update("nothing has been written")
+
+    @on(Input.Changed, "#confirm-input")
+    def typed(self, event: Input.Changed) -> None:
+        plan = self.plan
+        ok = plan is not None and not plan.blocked and event.value == plan.confirm_name
+        self.query_one("#restore", Button).disabled = not ok
+
+    @on(Input.Submitted, "#confirm-input")
+    @on(Button.Pressed, "#restore")
+    def confirmed(self) -> None:
+        typed = self.query_one("#confirm-input", Input).value
+        plan = self.plan
+        if plan is None or plan.blocked or typed != plan.confirm_name:
+            self.query_one("#confirm-status", Static).update(
+                f"[bold red]'{escape(typed)}' does not name "
+                f"{escape(plan.confirm_name if plan else 'the target')}; nothing was written[/]"
+            )
+            return
+        assert self.point is not None
+        replay = self.query_one("#opt-incremental", Checkbox).value
+        inc = self.point.increment if replay else None
+        self.dismiss(
+            RestoreSpec(
+                image_id=self.point.image.manifest.id,
+                dest=plan.confirm_name,
+                confirm=typed,
+                expected=plan.identity,
+                increment_id=inc.id if inc else None,
+                deletefiles=bool(inc) and self.query_one("#opt-deletefiles", Checkbox).value,
+                preserve_label=self.query_one("#opt-preserve", Checkbox).value,
+                verify=self.query_one("#opt-verify", Checkbox).value,
+            )
+        )
+
+    # --- moving between steps ---------------------------------------------------------------
+
+    @on(Button.Pressed, "#back-button")
+    def action_back(self) -> None:
+        """Go back one step; leave the wizard from the first."""
+        i = STEPS.index(self.step)
+        if i == 0:
+            self.dismiss(None)
+        else:
+            self.go(STEPS[i - 1])

@@ -1,0 +1,93 @@
+"""The selected volume: its identity, its findings and its backups as a timeline."""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from core.devices import BlockDevice
+from core.findings import Finding
+from core.history import VolumeHistory
+from core.preflight import VolumeCheck
+from tui.format import SEVERITY_STYLE, human_size
+
+
+def finding_lines(findings: tuple[Finding, ...] | list[Finding]) -> list[str]:
+    """Return markup lines for ``findings``: the severity as a word, then the message."""
+    lines: list[str] = []
+    for f in findings:
+        style = SEVERITY_STYLE[f.severity]
+        lines.append(f"[{style}]{f.severity.word.upper()}[/] {escape(f.code)}")
+        lines.append(f"  {escape(f.message)}")
+    return lines
+
+
+def identity_lines(dev: BlockDevice) -> list[str]:
+    """Return what identifies a device to a person: path, kind, size, fs, uuid, backing."""
+    lines = [f"[bold]{escape(dev.path)}[/]  {dev.kind.value}  {human_size(dev.size)}"]
+    fs = f"file system: {escape(dev.fstype or 'none (raw)')}"
+    if dev.fs_label:
+        fs += f"  label: {escape(dev.fs_label)}"
+    lines.append(fs)
+    if dev.mount_points:
+        lines.append(f"mounted at: {escape(', '.join(dev.mount_points))}")
+    if dev.uuid:
+        lines.append(f"uuid: {escape(dev.uuid)}")
+    if dev.serial:
+        lines.append(f"serial: {escape(dev.serial)}")
+    if dev.loop is not None:
+        lines.append(f"backing file: {escape(dev.loop.backing_file)}")
+    return lines
+
+
+def timeline_lines(history: VolumeHistory) -> list[str]:
+    """Return the volume's images and increments, newest first, one line each."""
+    entries = history.timeline()
+    if not entries:
+        return ["no backups yet: [bold]b[/] takes an image"]
+    lines = []
+    for t in entries:
+        mark = "■ image    " if t.kind == "image" else "│ increment"
+        when = t.finished[:19].replace("T", " ")
+        lines.append(f"{mark} {when}  {escape(t.summary)}")
+    return lines
+
+
+class VolumeDetails(VerticalScroll):
+    """Findings and history of the highlighted volume; renders what the app hands it."""
+
+    DEFAULT_CSS = """
+    VolumeDetails { padding: 0 1; }
+    VolumeDetails > Static { width: 1fr; }
+    VolumeDetails > .heading { text-style: bold; color: $accent; margin-top: 1; }
+    """
+
+    def compose(self):  # type: ignore[no-untyped-def]
+        yield Static("Scanning devices…", id="volume-identity")
+        yield Static("findings", classes="heading")
+        yield Static("", id="volume-findings")
+        yield Static("backups (newest first)", classes="heading")
+        yield Static("", id="volume-history")
+
+    def show_pending(self, dev: BlockDevice) -> None:
+        """Show ``dev``'s identity while its findings and history load."""
+        self.query_one("#volume-identity", Static).update("\n".join(identity_lines(dev)))
+        self.query_one("#volume-findings", Static).update("checking…")
+        self.query_one("#volume-history", Static).update("reading the repository…")
+
+    def show_group(self, text: str) -> None:
+        """Show a line for a node that is not a device."""
+        self.query_one("#volume-identity", Static).update(escape(text))
+        self.query_one("#volume-findings", Static).update("")
+        self.query_one("#volume-history", Static).update("")
+
+    def show_check(self, check: VolumeCheck) -> None:
+        """Show a volume's findings (mount checks, labels)."""
+        lines = finding_lines(check.findings) or ["no findings"]
+        self.query_one("#volume-findings", Static).update("\n".join(lines))
+
+    def show_history(self, history: VolumeHistory | None, error: str | None = None) -> None:
+        """Show a volume's image history and increments as a timeline."""
+        text = escape(error) if error else "\n".join(timeline_lines(history)) if history else ""
+        self.query_one("#volume-history", Static).update(text)
