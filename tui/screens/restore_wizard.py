@@ -48,7 +48,10 @@ def _when(stamp: str) -> str:
 class RestoreWizard(ModalScreen[RestoreSpec | None]):
     """Walk to a confirmed restore of ``source``'s backups; dismiss with the job or None."""
 
-    BINDINGS = [Binding("escape", "back", "Back", id="restore.back")]
+    BINDINGS = [
+        Binding("escape", "back", "Back", id="restore.back"),
+        Binding("enter", "next_step", "Next", id="restore.next"),
+    ]
     DEFAULT_CSS = """
     RestoreWizard { align: center middle; }
     RestoreWizard > Vertical { width: 100; max-width: 100%; height: 100%; max-height: 40;
@@ -126,7 +129,19 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     def on_mount(self) -> None:
         self.query_one("#restore", Button).display = False
         self.query_one("#volume", OptionList).focus()
+        # Warnings count as read once the findings were scrolled to their end (keys or mouse).
+        self.watch(self.query_one("#findings", VerticalScroll), "scroll_y", self._scrolled)
         self.load_catalog()
+
+    def _scrolled(self, _old: float, _new: float) -> None:
+        self.check_read()
+
+    def action_next_step(self) -> None:
+        """Enter where no control takes it: the options' and the findings' way on."""
+        if self.step == "options":
+            self.options_done()
+        elif self.step == "findings":
+            self.findings_done()
 
     @property
     def step(self) -> str:
@@ -350,9 +365,6 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
             self.findings_read = True
         ready = self.plan is not None and not self.plan.blocked and self.findings_read
         self.query_one("#next", Button).disabled = not ready
-
-    def on_mouse_scroll_down(self) -> None:
-        self.call_after_refresh(self.check_read)
 
     # --- step 6: typed confirmation -------------------------------------------------------------
 

@@ -1,0 +1,314 @@
+"""The console driven by keys alone on real loop devices: backup, the restore wizard, refusals.
+
+Each test runs the real app (``App.run_test``) with the real core behind it: a
+repository under the test's tmp_path, loop volumes the test made, backups and
+restores that really read and write them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from imagekit import device_digest, fsck_clean, populate, tree_digest
+from textual.pilot import Pilot
+from textual.widgets import Button, OptionList
+
+from core.jobs import JobState
+from core.repo.repository import Repository
+from tui.app import BlockvaultApp
+from tui.screens.backup_dialog import BackupDialog
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.help import HelpScreen
+from tui.screens.restore_wizard import RestoreWizard
+from tui.services import CoreServices
+
+pytestmark = pytest.mark.loop
+
+SIZE = (100, 30)
+
+
+def drive(repo: str, script: Callable[[BlockvaultApp, Pilot], Awaitable[None]], **kw) -> None:
+    """Run ``script`` against a console on ``repo``; the job queue is closed on every path."""
+    services = CoreServices(repo)
+    app = BlockvaultApp(services=services, watch_devices=False, theme="blockvault-dark", **kw)
+
+    async def main() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            await script(app, pilot)
+
+    try:
+        asyncio.run(main())
+    finally:
+        services.close()
+
+
+async def settle(app: BlockvaultApp, pilot: Pilot) -> None:
+    """Wait until every worker finished and the messages they posted were handled."""
+    for _ in range(3):
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+
+
+async def type_text(pilot: Pilot, text: str) -> None:
+    for ch in text:
+        await pilot.press(ch)
+
+
+async def pick_device(app: BlockvaultApp, pilot: Pilot, device: str) -> None:
+    """Highlight ``device`` in the tree with the filter: ``/``, its name, Enter."""
+    await pilot.press("slash")  # open the filter
+    await type_text(pilot, os.path.basename(device))
+    await pilot.press("enter")  # back to the tree, the match highlighted
+    await settle(app, pilot)
+    selected = app.query_one("#devices").selected
+    assert selected is not None and selected.path == device
+
+
+async def choose(app: BlockvaultApp, pilot: Pilot, list_id: str, option_id: str) -> None:
+    """Move the highlight of an option list with the down key to ``option_id``, then Enter."""
+    listing = app.screen.query_one(f"#{list_id}", OptionList)
+    ids = [listing.get_option_at_index(i).id for i in range(listing.option_count)]
+    assert option_id in ids, ids
+    while listing.highlighted != ids.index(option_id):
+        await pilot.press("down")  # one option further
+    await pilot.press("enter")  # choose it
+    await settle(app, pilot)
+
+
+async def tab_to(app: BlockvaultApp, pilot: Pilot, button_id: str) -> None:
+    """Press Tab until the button ``button_id`` has focus."""
+    target = app.screen.query_one(f"#{button_id}", Button)
+    for _ in range(12):
+        if app.focused is target:
+            return
+        await pilot.press("tab")  # next control
+    raise AssertionError(f"Tab never reached #{button_id}")
+
+
+def wait_job(app: BlockvaultApp, job_id: str) -> None:
+    view = app.jobs.wait(job_id, timeout=120)
+    assert view.state is JobState.DONE, (view.state, view.error)
+
+
+async def backup_by_keys(app: BlockvaultApp, pilot: Pilot, device: str) -> str:
+    """Queue a full image backup of ``device`` with keys; return the job's id once done."""
+    await pick_device(app, pilot, device)
+    await pilot.press("b")  # the backup dialog for the highlighted volume
+    await settle(app, pilot)
+    assert isinstance(app.screen, BackupDialog)
+    await pilot.press("enter")  # queue it with the defaults
+    await settle(app, pilot)
+    job_id = app.jobs.views()[-1].id
+    wait_job(app, job_id)
+    return job_id
+
+
+async def wizard_to_findings(app: BlockvaultApp, pilot: Pilot, source: str, dest: str) -> None:
+    """Open the wizard on ``source`` and walk it to the findings for ``dest``."""
+    await pick_device(app, pilot, source)
+    await pilot.press("R")  # the restore wizard
+    await settle(app, pilot)
+    assert isinstance(app.screen, RestoreWizard)
+    await pilot.press("enter")  # step 1: the highlighted volume (the one picked)
+    await settle(app, pilot)
+    await pilot.press("enter")  # step 2: the newest version
+    await settle(app, pilot)
+    await choose(app, pilot, "target", dest)  # step 3: the target device
+    await tab_to(app, pilot, "options-next")  # step 4: defaults, on to the findings
+    await pilot.press("enter")
+    await settle(app, pilot)
+    assert app.screen.step == "findings"
+
+
+def test_backup_queued_by_keys_stores_an_image_and_shows_its_report(loopkit, tmp_path):
+    """b on a volume, Enter in the dialog: a real image lands and the job shows done."""
+    vol = loopkit.volume("64M", "ext4")
+    populate(vol.mount_point)
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        job_id = await backup_by_keys(app, pilot, vol.device)
+        await pilot.pause(0.3)  # one paint tick (0.2 s) so the table shows the end
+        row = app.query_one("#jobs").get_row(job_id)
+        assert row[1] == "done"
+        assert "100%" in row[2]
+        report = app.jobs.view(job_id).report
+        images = Repository.open(repo, create=False).images()
+        assert [m.id for m in images] == [report["image_id"]]
+        assert app.jobs.view(job_id).samples  # the graph has points even for a short job
+
+    drive(repo, script)
+
+
+def test_restore_wizard_by_keys_restores_the_files(loopkit, tmp_path):
+    """The wizard walked with keys, the name typed: the target holds the volume's files."""
+    vol = loopkit.volume("64M", "ext4")
+    populate(vol.mount_point)
+    expected = tree_digest(vol.mount_point)
+    dest = loopkit.attach(loopkit.image("64M"))
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        await backup_by_keys(app, pilot, vol.device)
+        await wizard_to_findings(app, pilot, vol.device, dest)
+        assert not app.screen.query_one("#next", Button).disabled
+        await pilot.press("enter")  # findings read (they fit): on to the confirmation
+        await settle(app, pilot)
+        assert app.screen.step == "confirm"
+        await type_text(pilot, dest)  # the target's exact name
+        await pilot.press("enter")  # restore
+        await settle(app, pilot)
+        assert not isinstance(app.screen, RestoreWizard)
+        wait_job(app, app.jobs.views()[-1].id)
+
+    drive(repo, script)
+    clean, out = fsck_clean(dest)
+    assert clean, out
+    mp = loopkit.mount(dest, None, "ro")
+    assert tree_digest(mp) == expected
+
+
+def test_wrong_name_typed_writes_nothing(loopkit, tmp_path):
+    """A name that is not the target's: no job, and the device's bytes are unchanged."""
+    vol = loopkit.volume("64M", "ext4")
+    dest = loopkit.attach(loopkit.image("64M"))
+    loopkit.mkfs(dest, "ext2")  # something on it worth keeping
+    before = device_digest(dest)
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        await backup_by_keys(app, pilot, vol.device)
+        jobs_before = len(app.jobs.views())
+        await wizard_to_findings(app, pilot, vol.device, dest)
+        await pilot.press("enter")  # on to the confirmation
+        await settle(app, pilot)
+        await type_text(pilot, vol.device)  # the SOURCE's name, not the target's
+        await pilot.press("enter")  # try to restore
+        await settle(app, pilot)
+        wizard = app.screen
+        assert isinstance(wizard, RestoreWizard) and wizard.step == "confirm"
+        assert wizard.query_one("#restore", Button).disabled
+        assert "nothing was written" in str(wizard.query_one("#confirm-status").render())
+        await pilot.press("escape", "escape", "escape", "escape", "escape", "escape")  # all out
+        await settle(app, pilot)
+        assert not isinstance(app.screen, RestoreWizard)
+        assert len(app.jobs.views()) == jobs_before
+
+    drive(repo, script)
+    assert device_digest(dest) == before
+
+
+def test_mounted_target_blocks_and_cannot_be_confirmed(loopkit, tmp_path):
+    """A mounted target: the findings say BLOCKED and the wizard never reaches the name."""
+    vol = loopkit.volume("64M", "ext4")
+    dest_vol = loopkit.volume("64M", "ext4")
+    Path(dest_vol.mount_point, "keep.txt").write_text("still here")
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        await backup_by_keys(app, pilot, vol.device)
+        jobs_before = len(app.jobs.views())
+        await wizard_to_findings(app, pilot, vol.device, dest_vol.device)
+        wizard = app.screen
+        text = str(wizard.query_one("#findings-text").render())
+        assert "DEST_MOUNTED" in text and "BLOCKED" in text
+        assert wizard.query_one("#next", Button).disabled
+        await pilot.press("end")  # scrolled to the end: still closed
+        await pilot.press("enter")  # try to go on
+        await settle(app, pilot)
+        assert wizard.step == "findings"
+        assert len(app.jobs.views()) == jobs_before
+
+    drive(repo, script)
+    assert Path(dest_vol.mount_point, "keep.txt").read_text() == "still here"
+
+
+def test_quit_with_a_running_job_asks_and_stay_keeps_it(loopkit, tmp_path):
+    """q while a job runs asks first; n keeps the console (and the job) going."""
+    vol = loopkit.volume("64M", "ext4")
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        await pick_device(app, pilot, vol.device)
+        app.jobs.max_running = 0  # hold the job queued, so it is still there when q is pressed
+        await pilot.press("b")  # backup dialog
+        await settle(app, pilot)
+        await pilot.press("enter")  # queue
+        await settle(app, pilot)
+        await pilot.press("q")  # quit?
+        await settle(app, pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")  # stay
+        await settle(app, pilot)
+        assert not isinstance(app.screen, ConfirmScreen)
+        assert app.jobs.active()
+
+    drive(repo, script)
+
+
+def test_help_and_read_only(loopkit, tmp_path):
+    """? opens the help overlay; a read-only console refuses the restore wizard."""
+    vol = loopkit.volume("64M", "ext4")
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        await pick_device(app, pilot, vol.device)
+        await pilot.press("question_mark")  # help
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape")  # close it
+        await pilot.press("R")  # restore: hidden in read-only
+        await settle(app, pilot)
+        assert not isinstance(app.screen, RestoreWizard)
+
+    drive(repo, script, read_only=True)
+
+
+def test_cancel_asks_then_cancels_the_highlighted_job(loopkit, tmp_path):
+    """c on a job asks first; y cancels it, and no image is written."""
+    vol = loopkit.volume("64M", "ext4")
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        await pick_device(app, pilot, vol.device)
+        app.jobs.max_running = 0  # keep the job queued: cancelled before it reads a byte
+        await pilot.press("b")  # backup dialog
+        await settle(app, pilot)
+        await pilot.press("enter")  # queue
+        await settle(app, pilot)
+        job_id = app.jobs.views()[-1].id
+        await pilot.press("c")  # cancel the highlighted job?
+        await settle(app, pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")  # yes
+        await settle(app, pilot)
+        assert app.jobs.view(job_id).state is JobState.CANCELLED
+        await pilot.pause(0.3)  # one paint tick
+        assert app.query_one("#jobs").get_row(job_id)[1].startswith("cancelled")
+
+    drive(repo, script)
+    assert not os.path.exists(repo) or Repository.open(repo, create=False).images() == []
+
+
+def test_t_switches_theme_through_the_blockvault_themes(tmp_path):
+    """t steps through the shipped themes and wraps around."""
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        seen = [app.theme]
+        for _ in app.theme_names:
+            await pilot.press("t")  # next theme
+            seen.append(app.theme)
+        assert set(seen) >= {
+            "blockvault-dark",
+            "blockvault-light",
+            "blockvault-contrast",
+            "blockvault-16",
+        }
+        assert seen[-1] == seen[0]
+
+    drive(repo, script)
