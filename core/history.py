@@ -30,6 +30,8 @@ class TimelineEntry:
     finished: str
     """ISO time the backup completed: what a point-in-time restore compares against."""
     summary: str
+    size: int = 0
+    """Bytes: the volume's size for an image, the bytes sent for an increment."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class VolumeHistory:
                 e.manifest.finished,
                 f"{e.manifest.imagetype}{' fuzzy' if e.manifest.fuzzy else ''}"
                 f"{'' if e.active else ' inactive'}",
+                e.manifest.size,
             )
             for e in self.images
         ]
@@ -85,6 +88,7 @@ class VolumeHistory:
                 f"{int(m.stats.get('files_new', 0))} new, "
                 f"{int(m.stats.get('files_changed', 0))} changed, "
                 f"{int(m.stats.get('files_deleted', 0))} deleted",
+                int(m.stats.get("bytes_sent", 0)),
             )
             for m in self.increments
         ]

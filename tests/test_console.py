@@ -312,3 +312,32 @@ def test_t_switches_theme_through_the_blockvault_themes(tmp_path):
         assert seen[-1] == seen[0]
 
     drive(repo, script)
+
+
+def test_typing_on_the_tree_filters_and_new_devices_appear(loopkit, tmp_path):
+    """Letters typed on the tree filter it; a loop device attached later shows up unasked."""
+    repo = str(tmp_path / "repo")
+    services = CoreServices(repo)
+    app = BlockvaultApp(services=services, theme="blockvault-dark")  # watching devices
+
+    async def main() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot)
+            dev = loopkit.attach(loopkit.image("16M"))  # appears after the console opened
+            tree = app.query_one("#devices")
+            for _ in range(100):  # the watcher looks every 2 s; give it 20 s at most
+                if tree.data_tree is not None and tree.data_tree.by_path(dev) is not None:
+                    break
+                await pilot.pause(0.2)
+            await settle(app, pilot)
+            assert tree.data_tree.by_path(dev) is not None
+            await type_text(pilot, os.path.basename(dev))  # typed straight on the tree
+            await pilot.press("enter")  # back to the tree
+            await settle(app, pilot)
+            assert app.query_one("#filter").value == os.path.basename(dev)
+            assert tree.selected is not None and tree.selected.path == dev
+
+    try:
+        asyncio.run(main())
+    finally:
+        services.close()

@@ -98,7 +98,12 @@ class BlockvaultApp(App[int]):
         yield Header()
         with Horizontal(id="main"):
             with Vertical(id="left"):
-                yield Input(placeholder="filter devices (Esc clears)", id="filter", compact=True)
+                yield Input(
+                    placeholder="filter devices (Esc clears)",
+                    id="filter",
+                    compact=True,
+                    select_on_focus=False,
+                )
                 yield DeviceTreeView(id="devices")
                 yield JobTable(id="jobs")
             with TabbedContent(id="right", initial="tab-volume"):
@@ -206,10 +211,18 @@ class BlockvaultApp(App[int]):
         self.push_screen(ActionsScreen(dev.path, read_only=self.read_only), chosen)
 
     def action_filter(self) -> None:
-        """Show the filter box above the device tree."""
+        """Show the filter box above the device tree, empty, with the cursor in it."""
         box = self.query_one("#filter", Input)
+        box.value = ""
         box.display = True
         box.focus()
+
+    @on(DeviceTreeView.FilterTyped)
+    def filter_typed(self, message: DeviceTreeView.FilterTyped) -> None:
+        box = self.query_one("#filter", Input)
+        self.action_filter()
+        box.value = message.text
+        box.cursor_position = len(box.value)
 
     @on(Input.Changed, "#filter")
     def filter_changed(self, event: Input.Changed) -> None:

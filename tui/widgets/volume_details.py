@@ -48,9 +48,11 @@ def timeline_lines(history: VolumeHistory) -> list[str]:
         return ["no backups yet: [bold]b[/] takes an image"]
     lines = []
     for t in entries:
-        mark = "■ image    " if t.kind == "image" else "│ increment"
-        when = t.finished[:19].replace("T", " ")
-        lines.append(f"{mark} {when}  {escape(t.summary)}")
+        when = t.finished[:16].replace("T", " ")
+        if t.kind == "image":
+            lines.append(f"■ image     {when}  {human_size(t.size)}  {escape(t.summary)}")
+        else:
+            lines.append(f"│ increment {when}  sent {human_size(t.size)}, {escape(t.summary)}")
     return lines
 
 
