@@ -141,6 +141,9 @@ class JobView:
     error: str | None = None
     findings: tuple[Finding, ...] = ()
     log: tuple[str, ...] = ()
+    """The newest log lines (at most 500)."""
+    log_total: int = 0
+    """Lines logged since the job was queued: a viewer's count of lines already shown."""
 
     @property
     def title(self) -> str:
@@ -166,10 +169,15 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
     log: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_LOG))
+    log_total: int = 0
     last_done: int = 0
     last_sample: float = 0.0
     last_io: tuple[int, int] | None = None
     phase: str = ""
+
+    def add_log(self, line: str) -> None:
+        self.log.append(line)
+        self.log_total += 1
 
 
 class JobQueue:
@@ -216,10 +224,12 @@ class JobQueue:
         # Resolved now, so that a mount point and its device count as one volume.
         device = _device_of(spec)
         job = _Job(JobView(job_id, spec, JobState.QUEUED, submitted=time.time(), device=device))
-        job.log.append(f"{_clock()} queued: {spec.title}")
+        job.add_log(f"{_clock()} queued: {spec.title}")
         with self._lock:
+            if self._closed.is_set():  # closed while the device was being resolved
+                raise BlockvaultError("the job queue is closed; no job was queued")
             self._jobs[job_id] = job
-            job.view = replace(job.view, log=tuple(job.log))
+            job.view = replace(job.view, log=tuple(job.log), log_total=job.log_total)
         self._notify(job_id)
         self._start_ready()
         return job_id
@@ -234,8 +244,10 @@ class JobQueue:
             if job.view.state is JobState.QUEUED:
                 self._end(job, JobState.CANCELLED, error="cancelled before it started")
             else:
-                job.log.append(f"{_clock()} cancel requested")
-                job.view = replace(job.view, state=JobState.CANCELLING, log=tuple(job.log))
+                job.add_log(f"{_clock()} cancel requested")
+                job.view = replace(
+                    job.view, state=JobState.CANCELLING, log=tuple(job.log), log_total=job.log_total
+                )
         self._notify(job_id)
         self._start_ready()
         return True
@@ -292,6 +304,8 @@ class JobQueue:
         """Start queued jobs, oldest first, while slots are free and their volume is idle."""
         to_start: list[_Job] = []
         with self._lock:
+            if self._closed.is_set():
+                return
             running = [
                 j
                 for j in self._jobs.values()
@@ -304,9 +318,13 @@ class JobQueue:
                 key = _volume_key(job.view)
                 if job.view.state is JobState.QUEUED and key not in busy:
                     busy.add(key)
-                    job.log.append(f"{_clock()} started")
+                    job.add_log(f"{_clock()} started")
                     job.view = replace(
-                        job.view, state=JobState.RUNNING, started=time.time(), log=tuple(job.log)
+                        job.view,
+                        state=JobState.RUNNING,
+                        started=time.time(),
+                        log=tuple(job.log),
+                        log_total=job.log_total,
                     )
                     job.last_sample = time.monotonic()
                     to_start.append(job)
@@ -354,8 +372,10 @@ class JobQueue:
             with self._lock:
                 if p.phase != job.phase:
                     job.phase = p.phase
-                    job.log.append(f"{_clock()} {p.phase}")
-                job.view = replace(job.view, progress=p, log=tuple(job.log))
+                    job.add_log(f"{_clock()} {p.phase}")
+                job.view = replace(
+                    job.view, progress=p, log=tuple(job.log), log_total=job.log_total
+                )
                 if io is not None:
                     self._sample_locked(job, now, io)
             self._notify(job.view.id)
@@ -383,9 +403,7 @@ class JobQueue:
                     snapshot_cache_pct=spec.snapshot_cache_pct,
                     **({"gap_size": spec.gap_size} if spec.gap_size is not None else {}),
                 )
-                report = backup_image(
-                    spec.target, repo, options, progress=progress, cancel=cancel
-                )
+                report = backup_image(spec.target, repo, options, progress=progress, cancel=cancel)
             return self._result(job, report.to_dict(), report.findings)
         return self._restore(job, spec, self._open_repo(create=False), progress)
 
@@ -471,9 +489,9 @@ class JobQueue:
             rc = int(ReturnCode.FAILED)
         for f in job.view.findings:
             if f.severity is not Severity.INFO:
-                job.log.append(f"{_clock()} {f.severity.word} {f.code}: {f.message}")
+                job.add_log(f"{_clock()} {f.severity.word} {f.code}: {f.message}")
         ending = f"{_clock()} {state.value} (return code {rc})"
-        job.log.append(ending + (f": {error}" if error else ""))
+        job.add_log(ending + (f": {error}" if error else ""))
         job.view = replace(
             job.view,
             state=state,
@@ -482,6 +500,7 @@ class JobQueue:
             return_code=rc,
             error=error,
             log=tuple(job.log),
+            log_total=job.log_total,
             samples=tuple(job.samples),
         )
 

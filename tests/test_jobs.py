@@ -401,3 +401,37 @@ def test_increment_job_queued_behind_its_image_job_shows_on_the_timeline_newest_
     assert point.image.manifest.id == image.report["image_id"]
     assert point.increment is not None
     assert point.increment.id == increment.report["increment_id"]
+
+
+def test_running_restore_cancelled_says_the_target_is_partly_written(
+    loopkit, queue, repo_location
+):
+    """A restore cannot be undone: its cancellation names the target and its state."""
+    vol = raw_volume(loopkit, 256)
+    image_id = done(queue, queue.submit(BackupSpec(vol.device))).report["image_id"]
+    repo = Repository.open(repo_location, create=False)
+    dest = loopkit.attach(loopkit.image("256M"))
+    plan = plan_restore(repo.image(image_id), dest, repo)
+    cancelled = threading.Event()
+
+    def cancel_at_first_progress(job_id: str) -> None:
+        view = queue.view(job_id)
+        if isinstance(view.spec, RestoreSpec) and view.progress and not cancelled.is_set():
+            cancelled.set()  # first: cancel() notifies this listener again
+            queue.cancel(job_id)
+
+    queue.subscribe(cancel_at_first_progress)
+    spec = RestoreSpec(image_id, dest=dest, confirm=dest, expected=plan.identity)
+    view = finished(queue, queue.submit(spec))
+
+    assert view.state is JobState.CANCELLED, f"{view.state.value}: {view.error}"
+    assert view.error and dest in view.error and "partly written" in view.error
+
+
+def test_log_total_counts_past_the_kept_window(loopkit, queue):
+    """The view keeps the newest lines; log_total keeps counting, so viewers see new ones."""
+    vol = small_volume(loopkit)
+    job_id = queue.submit(BackupSpec(vol.device))
+    view = done(queue, job_id)
+    assert view.log_total == len(view.log)  # a short job: nothing dropped yet
+    assert view.log[-1].split(" ", 1)[1].startswith("done")

@@ -268,9 +268,7 @@ class BlockvaultApp(App[int]):
             self.notify("read-only console: restores are hidden", severity="warning")
             return
         dev = self.query_one("#devices", DeviceTreeView).selected
-        self.push_screen(
-            RestoreWizard(dev.path if dev else None, self.services), self.submit_job
-        )
+        self.push_screen(RestoreWizard(dev.path if dev else None, self.services), self.submit_job)
 
     def submit_job(self, spec: JobSpec | None) -> None:
         """Queue ``spec`` (from the backup dialog or the restore wizard); None does nothing."""
@@ -343,7 +341,13 @@ class BlockvaultApp(App[int]):
 
         self.push_screen(
             ConfirmScreen(
-                f"Cancel job {job_id}: {view.title}? Nothing half-done becomes visible.",
+                f"Cancel job {job_id}: {view.title}? "
+                + (
+                    f"The restore stops at its next chunk and leaves {view.spec.dest} partly "
+                    "written: restore again before using it."
+                    if isinstance(view.spec, RestoreSpec)
+                    else "A cancelled backup leaves no image; its stored chunks are reused."
+                ),
                 yes="Cancel the job",
                 no="Keep it running",
             ),
@@ -382,18 +386,28 @@ class BlockvaultApp(App[int]):
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self.jobs.close()
-                self.exit(0)
+                self.notify("cancelling the jobs…", timeout=30)
+                self.close_and_exit()
 
+        restores = [v for v in running if isinstance(v.spec, RestoreSpec)]
         self.push_screen(
             ConfirmScreen(
                 f"{len(running)} job(s) running and {len(queued)} queued. Quitting cancels "
-                "them (a cancelled backup leaves no image; its chunks are reused next time).",
+                "them: a cancelled backup leaves no image (its chunks are reused next time)"
+                + ("; a cancelled restore leaves its target partly written" if restores else "")
+                + ".",
                 yes="Quit and cancel",
                 no="Stay",
             ),
             answer,
         )
+
+    @work(thread=True, exit_on_error=False, group="quit")
+    def close_and_exit(self) -> None:
+        # Jobs stop at their next chunk and undo what they hold (remounts, snapshots):
+        # waited for off the UI thread, so the screen stays alive meanwhile.
+        self.jobs.close()
+        self.call_from_thread(self.exit, 0)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """Offer the actions that make sense now, with namespaced names."""

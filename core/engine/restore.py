@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from core import findings as F
 from core.bytesource import FileSource
 from core.devices import BlockDevice, DeviceTree, scan
-from core.engine.events import JobReport, Meter, ProgressFn
+from core.engine.events import Cancelled, JobReport, Meter, ProgressFn
 from core.engine.reader import ChunkReader
 from core.errors import BlockvaultError
 from core.findings import Finding, Severity
@@ -485,6 +485,12 @@ def restore_image(
             if not plan.to_file:
                 _zero_ranges(dest.fd, plan, manifest, report, meter)
             os.fsync(dest.fd)
+        except Cancelled:
+            # Unlike a backup, a restore cannot be undone: say what state the target is in.
+            raise Cancelled(
+                f"restore cancelled: {plan.confirm_name} is partly written "
+                f"({report.bytes_written} bytes); restore it again before using it"
+            ) from None
         finally:
             dest.close()
         if verify:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
+
 from rich.markup import escape
 from textual import on, work
 from textual.app import ComposeResult
@@ -13,6 +15,7 @@ from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSe
 from core.findings import Severity
 from core.jobs import BackupSpec
 from core.preflight import VolumeCheck
+from tui.image_commands import parse_size
 from tui.services import CoreServices
 from tui.widgets.volume_details import finding_lines
 
@@ -72,9 +75,15 @@ class BackupDialog(ModalScreen[BackupSpec | None]):
                 )
                 with Horizontal(classes="row"):
                     yield Label("snapshot cache %")
-                    yield Input("10", id="cache", type="integer", max_length=3, compact=True)
-                    yield Label("smallest skipped gap (bytes)")
-                    yield Input("", id="gap", type="integer", placeholder="default", compact=True)
+                    yield Input("10", id="cache", restrict=r"[0-9]*", max_length=3, compact=True)
+                    yield Label("smallest skipped gap")
+                    yield Input(
+                        "",
+                        id="gap",
+                        restrict=r"[0-9]*[KkMmGg]?",
+                        placeholder="default",
+                        compact=True,
+                    )
                 yield Static("checking the volume…", id="backup-findings")
             with Horizontal(id="backup-buttons"):
                 yield Button(
@@ -112,6 +121,7 @@ class BackupDialog(ModalScreen[BackupSpec | None]):
     def spec(self) -> BackupSpec:
         """Return the job the dialog's choices describe."""
         imagetype = self._choice("imagetype")
+        # The boxes take digits (and a K/M/G unit for the gap) only.
         cache = self.query_one("#cache", Input).value or "10"
         gap = self.query_one("#gap", Input).value
         return BackupSpec(
@@ -120,7 +130,7 @@ class BackupDialog(ModalScreen[BackupSpec | None]):
             imagetype=None if imagetype in ("", "auto") else imagetype,
             fallback_dynamic=self.query_one("#fallback", Checkbox).value,
             snapshot_cache_pct=max(1, min(100, int(cache))),
-            gap_size=int(gap) if gap else None,
+            gap_size=parse_size(gap) if gap else None,
         )
 
     @on(Button.Pressed, "#back")
@@ -138,4 +148,9 @@ class BackupDialog(ModalScreen[BackupSpec | None]):
         if self.query_one("#queue", Button).disabled:
             self.notify("a blocker stops this backup; see the findings", severity="error")
             return
-        self.dismiss(self.spec())
+        try:
+            spec = self.spec()
+        except (ValueError, ArgumentTypeError) as e:
+            self.notify(f"smallest skipped gap: {e}", severity="error")
+            return
+        self.dismiss(spec)

@@ -8,6 +8,7 @@ step; from the first step it leaves the wizard.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from rich.markup import escape
@@ -25,6 +26,7 @@ from core.errors import BlockvaultError
 from core.findings import Severity
 from core.history import VolumeHistory, volume_history
 from core.increments.chain import RestorePoint
+from core.increments.manifest import FileManifest
 from core.jobs import RestoreSpec
 from tui.format import badges, human_size
 from tui.services import Catalog, CoreServices
@@ -39,6 +41,24 @@ TITLES = {
     "findings": "5/6 findings: read them (scroll to the end) before confirming",
     "confirm": "6/6 confirm: type the target's name",
 }
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What the findings step checks and the confirmation commits to."""
+
+    point: RestorePoint
+    dest: str
+    increment: FileManifest | None
+    deletefiles: bool
+    preserve_label: bool
+    verify: bool
+
+
+class OptionBox(Checkbox, inherit_bindings=False):
+    """A checkbox that Space toggles; Enter is left to the wizard, which moves on."""
+
+    BINDINGS = [Binding("space", "toggle_button", "Toggle", show=False)]
 
 
 def _when(stamp: str) -> str:
@@ -77,6 +97,7 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
         self.point: RestorePoint | None = None
         self.dest: str | None = None
         self.plan: RestorePlan | None = None
+        self.request: PlanRequest | None = None
         self.findings_read = False
 
     # --- layout -----------------------------------------------------------------------------
@@ -90,26 +111,27 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
                 yield OptionList(id="version")
                 yield OptionList(id="target")
                 with Vertical(id="options"):
-                    yield Checkbox(
+                    yield OptionBox(
                         "replay the increment onto the image (--incremental)",
                         id="opt-incremental",
                         compact=True,
                     )
-                    yield Checkbox(
+                    yield OptionBox(
                         "delete files the increment does not list (--deletefiles)",
                         id="opt-deletefiles",
                         compact=True,
                     )
-                    yield Checkbox(
+                    yield OptionBox(
                         "leave the target's own disk label untouched (--preserve-label)",
                         id="opt-preserve",
                         compact=True,
                     )
-                    yield Checkbox(
+                    yield OptionBox(
                         "read back and verify after writing (--verifyimage)",
                         id="opt-verify",
                         compact=True,
                     )
+                    yield Static("space ticks a box, tab moves, enter goes on to the findings")
                     yield Button(
                         "Next: findings", id="options-next", variant="primary", compact=True
                     )
@@ -155,11 +177,15 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
         on_confirm = step == "confirm"
         self.query_one("#restore", Button).display = on_confirm
         self.query_one("#next", Button).display = step in ("findings",)
+        if step == "options":
+            # The first box that applies (replaying is off without an increment).
+            boxes = [b for b in self.query(OptionBox) if not b.disabled]
+            boxes[0].focus()
+            return
         focus = {
             "volume": "#volume",
             "version": "#version",
             "target": "#target",
-            "options": "#opt-incremental",
             "findings": "#findings",
             "confirm": "#confirm-input",
         }[step]
@@ -303,48 +329,62 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
 
     @on(Button.Pressed, "#options-next")
     def options_done(self) -> None:
+        assert self.point is not None and self.dest is not None
+        replay = self.query_one("#opt-incremental", Checkbox).value
+        inc = self.point.increment if replay else None
+        # Everything the confirmation will commit to is fixed here, once: the findings
+        # shown and the job queued both come from this request, never from the live
+        # checkboxes, and a plan for an older request is dropped when it arrives.
+        self.request = PlanRequest(
+            point=self.point,
+            dest=self.dest,
+            increment=inc,
+            deletefiles=inc is not None and self.query_one("#opt-deletefiles", Checkbox).value,
+            preserve_label=self.query_one("#opt-preserve", Checkbox).value,
+            verify=self.query_one("#opt-verify", Checkbox).value,
+        )
         self.plan = None
         self.findings_read = False
+        scroll = self.query_one("#findings", VerticalScroll)
+        scroll.scroll_to(y=0, animate=False)
         self.query_one("#findings-text", Static).update("checking the target…")
         self.query_one("#next", Button).disabled = True
         self.go("findings")
-        self.run_plan(self.query_one("#opt-preserve", Checkbox).value)
+        self.run_plan(self.request)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="wizard-plan")
-    def run_plan(self, preserve_label: bool) -> None:
-        assert self.point is not None and self.dest is not None
+    def run_plan(self, request: PlanRequest) -> None:
         try:
             plan = self.services.plan_restore(
-                self.point.image, self.dest, preserve_label=preserve_label
+                request.point.image, request.dest, preserve_label=request.preserve_label
             )
         except BlockvaultError as e:
-            self.app.call_from_thread(self.show_plan_error, e.message)
+            self.app.call_from_thread(self.show_plan_error, request, e.message)
             return
-        self.app.call_from_thread(self.show_plan, plan)
+        self.app.call_from_thread(self.show_plan, request, plan)
 
-    def show_plan_error(self, message: str) -> None:
+    def show_plan_error(self, request: PlanRequest, message: str) -> None:
         """Show why the target cannot be checked (confirming stays impossible)."""
-        self.query_one("#findings-text", Static).update(f"[bold red]{escape(message)}[/]")
+        if request is self.request:
+            self.query_one("#findings-text", Static).update(f"[bold red]{escape(message)}[/]")
 
-    def show_plan(self, plan: RestorePlan) -> None:
+    def show_plan(self, request: PlanRequest, plan: RestorePlan) -> None:
         """Show every guard's finding; a blocker keeps the confirmation closed."""
-        self.plan = plan
-        assert self.point is not None
-        m = self.point.image.manifest
+        if request is not self.request:
+            return  # the user changed the target or the options since: not this plan
+        m = request.point.image.manifest
         lines = [
             f"image [b]{m.id}[/b] ({escape(str(m.volume.get('key')))}, {human_size(m.size)}, "
             f"{m.imagetype}) → [b]{escape(plan.confirm_name)}[/b]"
         ]
-        inc = self.point.increment if self.query_one("#opt-incremental", Checkbox).value else None
-        if inc is not None:
+        if request.increment is not None:
+            inc = request.increment
             lines.append(
                 f"then replay increment {inc.id} (finished {_when(inc.finished)})"
-                + (
-                    ", deleting files it does not list"
-                    if self.query_one("#opt-deletefiles", Checkbox).value
-                    else ""
-                )
+                + (", deleting files it does not list" if request.deletefiles else "")
             )
+        if request.verify:
+            lines.append("then read the target back and compare")
         lines.append("")
         lines += finding_lines(plan.findings) or ["no findings"]
         lines.append("")
@@ -356,14 +396,23 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
         else:
             lines.append("end of findings: Enter goes on to the confirmation")
         self.query_one("#findings-text", Static).update("\n".join(lines))
-        self.call_after_refresh(self.check_read)
+        # The plan counts as shown once its text is laid out: only then is the scroll
+        # height known, and "scrolled to the end" means the end of these findings.
+        self.call_after_refresh(self._plan_shown, request, plan)
+
+    def _plan_shown(self, request: PlanRequest, plan: RestorePlan) -> None:
+        if request is self.request:
+            self.plan = plan
+            self.check_read()
 
     def check_read(self) -> None:
-        """Open the way on only once the findings were scrolled to their end."""
+        """Open the way on only once the shown plan's findings were scrolled to their end."""
+        if self.plan is None:
+            return  # nothing to read yet: "checking…" is not a finding
         scroll = self.query_one("#findings", VerticalScroll)
         if scroll.scroll_y >= scroll.max_scroll_y:
             self.findings_read = True
-        ready = self.plan is not None and not self.plan.blocked and self.findings_read
+        ready = not self.plan.blocked and self.findings_read
         self.query_one("#next", Button).disabled = not ready
 
     # --- step 6: typed confirmation -------------------------------------------------------------
@@ -372,12 +421,12 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     def findings_done(self) -> None:
         self.check_read()
         if self.query_one("#next", Button).disabled or self.plan is None:
-            why = (
-                "a blocker cannot be confirmed away"
-                if self.plan is not None and self.plan.blocked
-                else "read the findings to their end first (scroll down)"
-            )
-            self.query_one("#findings-text", Static).refresh()
+            if self.plan is None:
+                why = "still checking the target…"
+            elif self.plan.blocked:
+                why = "a blocker cannot be confirmed away"
+            else:
+                why = "read the findings to their end first (scroll down)"
             self.notify(why, severity="error")
             return
         self.show_confirm(self.plan)
@@ -421,26 +470,23 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     @on(Button.Pressed, "#restore")
     def confirmed(self) -> None:
         typed = self.query_one("#confirm-input", Input).value
-        plan = self.plan
-        if plan is None or plan.blocked or typed != plan.confirm_name:
+        plan, request = self.plan, self.request
+        if plan is None or request is None or plan.blocked or typed != plan.confirm_name:
             self.query_one("#confirm-status", Static).update(
                 f"[bold red]'{escape(typed)}' does not name "
                 f"{escape(plan.confirm_name if plan else 'the target')}; nothing was written[/]"
             )
             return
-        assert self.point is not None
-        replay = self.query_one("#opt-incremental", Checkbox).value
-        inc = self.point.increment if replay else None
         self.dismiss(
             RestoreSpec(
-                image_id=self.point.image.manifest.id,
+                image_id=request.point.image.manifest.id,
                 dest=plan.confirm_name,
                 confirm=typed,
                 expected=plan.identity,
-                increment_id=inc.id if inc else None,
-                deletefiles=bool(inc) and self.query_one("#opt-deletefiles", Checkbox).value,
-                preserve_label=self.query_one("#opt-preserve", Checkbox).value,
-                verify=self.query_one("#opt-verify", Checkbox).value,
+                increment_id=request.increment.id if request.increment else None,
+                deletefiles=request.deletefiles,
+                preserve_label=request.preserve_label,
+                verify=request.verify,
             )
         )
 

@@ -114,11 +114,12 @@ class JobReport(Vertical):
         if view.id != self._job:
             log.clear()
             self._job, self._log_len = view.id, 0
-        # The view keeps the newest lines; write only those not yet shown.
-        new = view.log[self._log_len :] if len(view.log) >= self._log_len else view.log
-        if new:
-            log.write_lines(new)
-        self._log_len = len(view.log)
+        # The view keeps the newest lines; write only those logged since the last show
+        # (counted over the job's life, so a full window still yields its new lines).
+        fresh = min(view.log_total - self._log_len, len(view.log))
+        if fresh > 0:
+            log.write_lines(view.log[-fresh:])
+        self._log_len = view.log_total
 
     def clear_job(self) -> None:
         """Show that no job is selected."""
