@@ -410,7 +410,6 @@ class JobQueue:
     def _restore(
         self, job: _Job, spec: RestoreSpec, repo: Any, progress: Callable[[Progress], None]
     ) -> dict[str, Any]:
-        from core.engine.restore import restore_image
         from core.increments.chain import RestorePoint
         from core.increments.restore import restore_with_increments
         from core.repo.catalog import catalog
@@ -420,24 +419,14 @@ class JobQueue:
             raise BlockvaultError(
                 f"image {spec.image_id} is not in the repository; nothing was written"
             )
-        if spec.increment_id is None:
-            report = restore_image(
-                entry.manifest,
-                spec.dest,
-                repo,
-                confirm=spec.confirm,
-                preserve_label=spec.preserve_label,
-                verify=spec.verify,
-                progress=progress,
-                cancel=job.cancel,
-                expected=spec.expected,
-            )
-            return self._result(job, report.to_dict(), report.findings)
-        increment = next((m for m in repo.increments() if m.id == spec.increment_id), None)
-        if increment is None:
-            raise BlockvaultError(
-                f"increment {spec.increment_id} is not in the repository; nothing was written"
-            )
+        increment = None
+        if spec.increment_id is not None:
+            increment = next((m for m in repo.increments() if m.id == spec.increment_id), None)
+            if increment is None:
+                raise BlockvaultError(
+                    f"increment {spec.increment_id} is not in the repository; nothing was written"
+                )
+        # Without an increment this is the image restore alone (no mount, no replay).
         both = restore_with_increments(
             RestorePoint(entry, increment),
             spec.dest,
@@ -458,19 +447,12 @@ class JobQueue:
             job.view = replace(job.view, findings=tuple(found))
         return doc
 
-    def _finish(
-        self,
-        job: _Job,
-        state: JobState,
-        *,
-        report: dict[str, Any] | None = None,
-        error: str | None = None,
-        rc: int | None = None,
-    ) -> None:
+    def _finish(self, job: _Job, state: JobState, **outcome: Any) -> None:
+        """Record the job's end with a last sample, and tell the listeners."""
         io = _disk_counters()
         with self._lock:
             self._sample_locked(job, time.monotonic(), io, final=True)
-            self._end(job, state, report=report, error=error, rc=rc)
+            self._end(job, state, **outcome)
         self._notify(job.view.id)
 
     def _end(

@@ -332,7 +332,7 @@ def test_restore_job_writes_the_image_and_the_destination_holds_the_same_files(
     view = done(queue, queue.submit(spec))
 
     assert view.device == dest
-    assert view.report["bytes_written"] > 0
+    assert view.report["image"]["bytes_written"] > 0
     # Not byte for byte: a clean ext4 journal's log is not stored, and restores as zeros.
     clean, out = fsck_clean(dest)
     assert clean, out
