@@ -109,7 +109,7 @@ class RestoreSpec:
     def title(self) -> str:
         """One line naming the job."""
         extra = " + increment" if self.increment_id else ""
-        return f"restore {self.image_id}{extra} → {self.dest}"
+        return f"restore → {self.dest}{extra}"
 
     @property
     def volume(self) -> str:

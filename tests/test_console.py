@@ -8,14 +8,16 @@ restores that really read and write them.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from imagekit import device_digest, fsck_clean, populate, tree_digest
+from rich.console import Console
 from textual.pilot import Pilot
-from textual.widgets import Button, OptionList
+from textual.widgets import Button, OptionList, Static
 
 from core.jobs import JobState
 from core.repo.repository import Repository
@@ -90,6 +92,13 @@ async def tab_to(app: BlockvaultApp, pilot: Pilot, button_id: str) -> None:
     raise AssertionError(f"Tab never reached #{button_id}")
 
 
+def shown(static: Static) -> str:
+    """Return the text a Static shows (markup, tables and groups rendered)."""
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(static.content)
+    return console.export_text()
+
+
 def wait_job(app: BlockvaultApp, job_id: str) -> None:
     view = app.jobs.wait(job_id, timeout=120)
     assert view.state is JobState.DONE, (view.state, view.error)
@@ -135,8 +144,8 @@ def test_backup_queued_by_keys_stores_an_image_and_shows_its_report(loopkit, tmp
         job_id = await backup_by_keys(app, pilot, vol.device)
         await pilot.pause(0.3)  # one paint tick (0.2 s) so the table shows the end
         row = app.query_one("#jobs").get_row(job_id)
-        assert row[1] == "done"
-        assert "100%" in row[2]
+        assert row[2] == "done"
+        assert "100%" in row[3]
         report = app.jobs.view(job_id).report
         images = Repository.open(repo, create=False).images()
         assert [m.id for m in images] == [report["image_id"]]
@@ -193,7 +202,7 @@ def test_wrong_name_typed_writes_nothing(loopkit, tmp_path):
         wizard = app.screen
         assert isinstance(wizard, RestoreWizard) and wizard.step == "confirm"
         assert wizard.query_one("#restore", Button).disabled
-        assert "nothing was written" in str(wizard.query_one("#confirm-status").render())
+        assert "nothing was written" in shown(wizard.query_one("#confirm-status"))
         await pilot.press("escape", "escape", "escape", "escape", "escape", "escape")  # all out
         await settle(app, pilot)
         assert not isinstance(app.screen, RestoreWizard)
@@ -215,7 +224,7 @@ def test_mounted_target_blocks_and_cannot_be_confirmed(loopkit, tmp_path):
         jobs_before = len(app.jobs.views())
         await wizard_to_findings(app, pilot, vol.device, dest_vol.device)
         wizard = app.screen
-        text = str(wizard.query_one("#findings-text").render())
+        text = shown(wizard.query_one("#findings-text"))
         assert "DEST_MOUNTED" in text and "BLOCKED" in text
         assert wizard.query_one("#next", Button).disabled
         await pilot.press("end")  # scrolled to the end: still closed
@@ -288,7 +297,7 @@ def test_cancel_asks_then_cancels_the_highlighted_job(loopkit, tmp_path):
         await settle(app, pilot)
         assert app.jobs.view(job_id).state is JobState.CANCELLED
         await pilot.pause(0.3)  # one paint tick
-        assert app.query_one("#jobs").get_row(job_id)[1].startswith("cancelled")
+        assert app.query_one("#jobs").get_row(job_id)[2].startswith("cancelled")
 
     drive(repo, script)
     assert not os.path.exists(repo) or Repository.open(repo, create=False).images() == []

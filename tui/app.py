@@ -47,18 +47,24 @@ class BlockvaultApp(App[int]):
     TITLE = "blockvault"
     CSS_PATH = "app.tcss"
     BINDINGS = [
+        # The footer shows these in this order; at 80 columns Quit must still fit.
         Binding("question_mark", "help", "Help", id="app.help"),
         Binding("b", "backup", "Backup", id="volume.backup"),
         Binding("i", "increment", "Increment", id="volume.increment"),
         Binding("R", "restore", "Restore", id="volume.restore"),
-        Binding("c", "cancel_job", "Cancel job", id="job.cancel"),
+        Binding("c", "cancel_job", "Cancel", id="job.cancel"),
+        Binding("q", "quit", "Quit", id="app.quit"),
         Binding("slash", "filter", "Filter", id="devices.filter"),
-        Binding("r,f5", "refresh", "Rescan", id="devices.refresh"),
+        Binding("r,f5", "refresh", "Rescan", show=False, id="devices.refresh"),
         Binding("1", "show_tab('tab-volume')", "Details", show=False, id="view.details"),
         Binding("2", "show_tab('tab-job')", "Job", show=False, id="view.job"),
         Binding("t", "next_theme", "Theme", show=False, id="app.theme"),
         Binding("space", "toggle_pause", "Pause", show=False, id="app.pause"),
-        Binding("q", "quit", "Quit", id="app.quit"),
+        # Priority: the screen's own Tab (focus the next widget) would otherwise come first.
+        Binding("tab", "cycle_pane(1)", "Next pane", show=False, priority=True, id="app.next"),
+        Binding(
+            "shift+tab", "cycle_pane(-1)", "Previous pane", show=False, priority=True, id="app.prev"
+        ),
     ]
 
     def __init__(
@@ -105,14 +111,15 @@ class BlockvaultApp(App[int]):
                     select_on_focus=False,
                 )
                 yield DeviceTreeView(id="devices")
-                yield JobTable(id="jobs")
             with TabbedContent(id="right", initial="tab-volume"):
                 with TabPane("Details (1)", id="tab-volume"):
                     yield VolumeDetails(id="details")
                 with TabPane("Job (2)", id="tab-job"):
                     yield ThroughputGraph(id="graph")
                     yield JobReport(id="report")
-        yield Footer()
+        # Full width: a job's name, state, bar, rate and ETA fit 80 columns on one line.
+        yield JobTable(id="jobs")
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
@@ -262,6 +269,10 @@ class BlockvaultApp(App[int]):
         """Open the backup dialog with a file-level increment chosen."""
         self.action_backup("incremental")
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A read-only console shows no restore key at all (as k9s --readonly does).
+        return not (action == "restore" and self.read_only)
+
     def action_restore(self) -> None:
         """Open the restore wizard for the highlighted volume."""
         if self.read_only:
@@ -321,8 +332,9 @@ class BlockvaultApp(App[int]):
     @on(JobTable.RowHighlighted, "#jobs")
     def job_highlighted(self, event: JobTable.RowHighlighted) -> None:
         if event.row_key.value is not None:
-            self.show_job(event.row_key.value)
+            # The tab first: the report lays its figures out for the width it is shown at.
             self.query_one("#right", TabbedContent).active = "tab-job"
+            self.call_after_refresh(self.show_job, event.row_key.value)
 
     def action_cancel_job(self) -> None:
         """Ask, then cancel the highlighted job."""
@@ -362,6 +374,31 @@ class BlockvaultApp(App[int]):
             self.paint_jobs()
 
     # --- the rest ---------------------------------------------------------------------------
+
+    def action_cycle_pane(self, step: int) -> None:
+        """Move focus between the panes: devices, jobs, then the details or the job's log."""
+        if self.screen is not self.screen_stack[0]:  # a dialog: its own controls, in order
+            if step > 0:
+                self.screen.focus_next()
+            else:
+                self.screen.focus_previous()
+            return
+        details = self.query_one("#right", TabbedContent).active == "tab-volume"
+        panes = [
+            self.query_one("#devices"),
+            self.query_one("#jobs"),
+            self.query_one("#details" if details else "#job-log"),
+        ]
+        focused = self.focused
+        current = next(
+            (
+                i
+                for i, pane in enumerate(panes)
+                if focused is not None and (focused is pane or pane in focused.ancestors)
+            ),
+            -1,
+        )
+        panes[(current + step) % len(panes)].focus()
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one("#right", TabbedContent).active = tab

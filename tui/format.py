@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 from core.devices import BlockDevice, DeviceTree
-from core.findings import Severity
+from core.findings import Finding, Severity
+from core.units import human_size
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+if TYPE_CHECKING:  # rich is imported on first use: the command line starts faster
+    from rich.console import RenderableType
 
-
-def human_size(n: int) -> str:
-    """Return ``n`` bytes as ``64.0 MiB`` (binary units, one decimal above bytes)."""
-    size = float(n)
-    for unit in _UNITS:
-        if size < 1024 or unit == _UNITS[-1]:
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
+__all__ = [
+    "SEVERITY_STYLE",
+    "badges",
+    "covers_disk_label",
+    "findings_table",
+    "human_size",
+    "short_size",
+]
 
 def covers_disk_label(dev: BlockDevice, tree: DeviceTree) -> bool:
     """True when ``dev`` starts at sector 0 of a labelled disk (the guide's cylinder-0 case).
@@ -61,3 +64,34 @@ SEVERITY_STYLE = {
     Severity.WARNING: "yellow",
     Severity.BLOCKER: "bold red",
 }
+
+
+def short_size(n: int) -> str:
+    """Return ``n`` bytes in at most five characters: ``64M``, ``1.5G``, ``256G``, ``12T``."""
+    size = float(n)
+    for unit in "BKMGTP":
+        if size < 1000 or unit == "P":
+            if unit == "B":
+                return f"{int(size)}B"
+            return f"{size:.1f}{unit}" if size < 10 and size != int(size) else f"{size:.0f}{unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def findings_table(findings: Sequence[Finding], empty: str = "no findings") -> RenderableType:
+    """Return findings as a grid: the severity word, then code and message wrapped beside it.
+
+    The message wraps inside its column, so a long one never reads as a new finding.
+    """
+    from rich.table import Table
+    from rich.text import Text
+
+    if not findings:
+        return Text(empty)
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(ratio=1)
+    for f in findings:
+        word = Text(f.severity.word.upper(), style=SEVERITY_STYLE[f.severity])
+        grid.add_row(word, Text.assemble((f.code, "bold"), " ", f.message))
+    return grid

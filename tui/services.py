@@ -57,6 +57,12 @@ class CoreServices:
         repo = self._repo()
         return Catalog(tuple(catalog(repo)), tuple(repo.increments()), scan())
 
+    def volume_history_in(self, found: Catalog, key: str) -> VolumeHistory:
+        """Return the history of the volume filed under ``key``, from a catalog already read."""
+        return volume_history(
+            None, key, found.tree, images=found.images, increments=found.increments
+        )
+
     def plan_restore(self, entry: CatalogEntry, dest: str, *, preserve_label: bool) -> RestorePlan:
         """Return the guards' findings for restoring ``entry`` onto ``dest``."""
         return plan_restore(entry.manifest, dest, self._repo(), preserve_label=preserve_label)

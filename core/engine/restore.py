@@ -32,6 +32,7 @@ from core.preflight import container_label, container_label_findings
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_digest
 from core.repo.repository import Repository
 from core.targets import TargetCodeError, resolve
+from core.units import human_size
 
 BLKZEROOUT = 0x127F
 """ioctl: make a byte range of a block device read as zeros (loop: a hole punch, fast)."""
@@ -228,7 +229,8 @@ def plan_restore(
         out.append(
             F.blocker(
                 "DEST_TOO_SMALL",
-                f"{dev.path} has {dev.size} bytes but the image needs {manifest.size}; "
+                f"{dev.path} holds {human_size(dev.size)} ({dev.size} bytes) but the image needs "
+                f"{human_size(manifest.size)} ({manifest.size} bytes); "
                 "choose a larger destination",
                 dest_size=dev.size,
                 image_size=manifest.size,
@@ -238,7 +240,7 @@ def plan_restore(
         out.append(
             F.info(
                 "DEST_LARGER",
-                f"{dev.path} is {dev.size - manifest.size} bytes larger than the image; "
+                f"{dev.path} is {human_size(dev.size - manifest.size)} larger than the image; "
                 "the bytes beyond it are left as they are",
             )
         )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from argparse import ArgumentTypeError
 
+from rich.console import Group, RenderableType
 from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,9 +17,9 @@ from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSe
 from core.findings import Severity
 from core.jobs import BackupSpec
 from core.preflight import VolumeCheck
+from tui.format import findings_table
 from tui.image_commands import parse_size
 from tui.services import CoreServices
-from tui.widgets.volume_details import finding_lines
 
 IMAGE_TYPES = (
     ("auto", "auto: snapshot where a provider applies, else static"),
@@ -107,11 +109,11 @@ class BackupDialog(ModalScreen[BackupSpec | None]):
     def show_check(self, check: VolumeCheck) -> None:
         """Show the findings the backup will start with; a blocker disables queueing."""
         self.check = check
-        lines = finding_lines(check.findings) or ["no findings: ready"]
         blocked = any(f.severity is Severity.BLOCKER for f in check.findings)
+        parts: list[RenderableType] = [findings_table(check.findings, "no findings: ready")]
         if blocked:
-            lines.append("[bold red]a blocker stops this backup: resolve it first[/]")
-        self.query_one("#backup-findings", Static).update("\n".join(lines))
+            parts.append(Text("a blocker stops this backup: resolve it first", "bold red"))
+        self.query_one("#backup-findings", Static).update(Group(*parts))
         self.query_one("#queue", Button).disabled = blocked
 
     def _choice(self, radio_id: str) -> str:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from rich.console import Group
 from rich.markup import escape
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -24,13 +26,12 @@ from core.devices import DeviceTree
 from core.engine.restore import RestorePlan
 from core.errors import BlockvaultError
 from core.findings import Severity
-from core.history import VolumeHistory, volume_history
+from core.history import VolumeHistory
 from core.increments.chain import RestorePoint
 from core.increments.manifest import FileManifest
 from core.jobs import RestoreSpec
-from tui.format import badges, human_size
+from tui.format import badges, findings_table, human_size
 from tui.services import Catalog, CoreServices
-from tui.widgets.volume_details import finding_lines
 
 STEPS = ("volume", "version", "target", "options", "findings", "confirm")
 TITLES = {
@@ -144,7 +145,7 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
                     )
                     yield Static("", id="confirm-status")
             with Horizontal(id="wizard-buttons"):
-                yield Button("Next: confirm", id="next", compact=True)
+                yield Button("Next: confirm", id="next", variant="primary", compact=True)
                 yield Button("Restore", id="restore", variant="error", disabled=True, compact=True)
                 yield Button("Back (esc)", id="back-button", compact=True)
 
@@ -238,13 +239,7 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     def volume_chosen(self, event: OptionList.OptionSelected) -> None:
         assert self.catalog is not None
         key = event.option.id or ""
-        self.history = volume_history(
-            None,  # the lists are given: the repository is not read again
-            key,
-            self.catalog.tree,
-            images=self.catalog.images,
-            increments=self.catalog.increments,
-        )
+        self.history = self.services.volume_history_in(self.catalog, key)
         self.show_versions(self.history)
         self.go("version")
 
@@ -386,16 +381,19 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
         if request.verify:
             lines.append("then read the target back and compare")
         lines.append("")
-        lines += finding_lines(plan.findings) or ["no findings"]
-        lines.append("")
-        if plan.blocked:
-            lines.append(
-                "[bold red]BLOCKED[/] a blocker cannot be confirmed away; "
-                "nothing will be written. Esc goes back."
+        end = (
+            "\n[bold red]BLOCKED[/] a blocker cannot be confirmed away; "
+            "nothing will be written. Esc goes back."
+            if plan.blocked
+            else "\nend of findings: Enter goes on to the confirmation"
+        )
+        self.query_one("#findings-text", Static).update(
+            Group(
+                Text.from_markup("\n".join(lines)),
+                findings_table(plan.findings),
+                Text.from_markup(end),
             )
-        else:
-            lines.append("end of findings: Enter goes on to the confirmation")
-        self.query_one("#findings-text", Static).update("\n".join(lines))
+        )
         # The plan counts as shown once its text is laid out: only then is the scroll
         # height known, and "scrolled to the end" means the end of these findings.
         self.call_after_refresh(self._plan_shown, request, plan)
@@ -454,6 +452,18 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
             ident.append(
                 f"  {len(warnings)} warning(s) read: " + ", ".join(escape(f.code) for f in warnings)
             )
+        request = self.request
+        if request is not None:
+            m = request.point.image.manifest
+            what = f"  with image {m.id} (taken {_when(m.finished)}, {m.imagetype})"
+            if request.increment is not None:
+                what += f", then increment {request.increment.id}"
+                what += " deleting files it does not list" if request.deletefiles else ""
+            if request.preserve_label:
+                what += ", its own label kept"
+            if request.verify:
+                what += ", read back and verified"
+            ident.append(escape(what))
         ident.append(f"Type [b]{escape(plan.confirm_name)}[/b] and press Enter to restore.")
         self.query_one("#confirm-identity", Static).update("\n".join(ident))
         box = self.query_one("#confirm-input", Input)

@@ -10,7 +10,7 @@ from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
 from core.devices import BlockDevice, DeviceTree
-from tui.format import badges, human_size
+from tui.format import badges, short_size
 
 RAW_GROUP = "RAW"
 """The group that lists volumes without a file system again, as the guide's GUI does."""
@@ -19,12 +19,16 @@ RAW_GROUP = "RAW"
 def device_label(dev: BlockDevice, tree: DeviceTree, *, busy: bool = False) -> Text:
     """Return one tree line: name, size, file system, mount point and state words."""
     text = Text(dev.name, style="bold")
-    text.append(f" {human_size(dev.size)}")
-    text.append(f" {dev.fstype or 'raw'}")
+    text.append(f" {short_size(dev.size)}")
+    if dev.fstype:
+        text.append(f" {dev.fstype}")
+    # State words before the mount point, so a narrow pane cuts the path, not the state;
+    # "mounted" is said by the mount point itself.
+    for word in badges(dev, tree, busy=busy):
+        if not (word == "mounted" and dev.mount_points):
+            text.append(f" [{word}]", style="italic")
     if dev.mount_points:
         text.append(f" {dev.mount_points[0]}")
-    for word in badges(dev, tree, busy=busy):
-        text.append(f" [{word}]", style="italic")
     return text
 
 

@@ -6,17 +6,18 @@ from textual.binding import Binding
 from textual.widgets import DataTable
 
 from core.jobs import JobState, JobView
-from tui.format import human_size
+from tui.format import short_size
 
-BAR_WIDTH = 10
+BAR_WIDTH = 8
 COLUMNS = (
     ("id", "#"),
+    ("title", "job"),
     ("state", "state"),
     ("bar", "progress"),
     ("rate", "rate"),
     ("eta", "ETA"),
-    ("title", "job"),
 )
+TITLE_WIDTH = 28
 
 
 def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
@@ -44,13 +45,16 @@ def row_cells(view: JobView) -> tuple[str, ...]:
     state = view.state.value
     if view.state.finished and view.return_code:
         state += f" rc={view.return_code}"
+    title = view.title
+    if len(title) > TITLE_WIDTH:
+        title = title[: TITLE_WIDTH - 1] + "…"
     return (
         view.id,
+        title,
         state,
         progress_bar(view.fraction),
-        f"{human_size(int(p.rate))}/s" if p and live else "",
+        f"{short_size(int(p.rate))}/s" if p and live else "",
         eta_text(p.eta) if p and live else "",
-        view.title,
     )
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from rich.console import Group, RenderableType
 from rich.markup import escape
+from rich.text import Text
 from textual.containers import Vertical
 from textual.widgets import Log, Static
 
 from core.jobs import JobView
-from tui.format import human_size
+from tui.format import findings_table, human_size
 from tui.widgets.job_list import eta_text
-from tui.widgets.volume_details import finding_lines
 
 SIZE_FIGURES = (
     ("bytes_volume", "volume"),
@@ -107,9 +108,10 @@ class JobReport(Vertical):
         )
         if view.error:
             text += f"\n[bold red]error[/] {escape(view.error)}"
+        parts: list[RenderableType] = [Text.from_markup(text)]
         if view.state.finished and view.findings:
-            text += "\n" + "\n".join(finding_lines(view.findings))
-        self.query_one("#job-figures", Static).update(text)
+            parts.append(findings_table(view.findings))
+        self.query_one("#job-figures", Static).update(Group(*parts))
         log = self.query_one("#job-log", Log)
         if view.id != self._job:
             log.clear()

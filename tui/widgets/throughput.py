@@ -411,7 +411,13 @@ def _eighths(rate: float, eighths_per_rate: float, rows: int) -> int:
 
 
 def _mark_row(rate: float, eighths_per_rate: float, rows: int) -> int | None:
-    """Return the chart line (0 = bottom) where a device rate is marked, or None for 0."""
+    """Return the chart line (0 = bottom) where a device rate is marked, or None.
+
+    Below half a cell there is no mark: background I/O of a few MiB/s would
+    otherwise draw a row of marks along the bottom of every bar.
+    """
+    if rate * eighths_per_rate < 4:
+        return None
     filled = _eighths(rate, eighths_per_rate, rows)
     return (filled - 1) // 8 if filled else None
 

@@ -7,37 +7,25 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from core.devices import BlockDevice
-from core.findings import Finding
 from core.history import VolumeHistory
 from core.preflight import VolumeCheck
-from tui.format import SEVERITY_STYLE, human_size
-
-
-def finding_lines(findings: tuple[Finding, ...] | list[Finding]) -> list[str]:
-    """Return markup lines for ``findings``: the severity as a word, then the message."""
-    lines: list[str] = []
-    for f in findings:
-        style = SEVERITY_STYLE[f.severity]
-        lines.append(f"[{style}]{f.severity.word.upper()}[/] {escape(f.code)}")
-        lines.append(f"  {escape(f.message)}")
-    return lines
+from tui.format import findings_table, human_size
 
 
 def identity_lines(dev: BlockDevice) -> list[str]:
     """Return what identifies a device to a person: path, kind, size, fs, uuid, backing."""
-    lines = [f"[bold]{escape(dev.path)}[/]  {dev.kind.value}  {human_size(dev.size)}"]
-    fs = f"file system: {escape(dev.fstype or 'none (raw)')}"
+    head = f"[bold]{escape(dev.path)}[/]  {dev.kind.value}  {human_size(dev.size)}"
+    head += f"  {escape(dev.fstype or 'raw')}"
     if dev.fs_label:
-        fs += f"  label: {escape(dev.fs_label)}"
-    lines.append(fs)
+        head += f" “{escape(dev.fs_label)}”"
+    lines = [head]
     if dev.mount_points:
-        lines.append(f"mounted at: {escape(', '.join(dev.mount_points))}")
-    if dev.uuid:
-        lines.append(f"uuid: {escape(dev.uuid)}")
-    if dev.serial:
-        lines.append(f"serial: {escape(dev.serial)}")
+        lines.append(f"mounted at {escape(', '.join(dev.mount_points))}")
+    if dev.uuid or dev.serial:
+        ids = [f"uuid {dev.uuid}" if dev.uuid else "", f"serial {dev.serial}" if dev.serial else ""]
+        lines.append(escape("  ".join(i for i in ids if i)))
     if dev.loop is not None:
-        lines.append(f"backing file: {escape(dev.loop.backing_file)}")
+        lines.append(f"backing file {escape(dev.loop.backing_file)}")
     return lines
 
 
@@ -86,8 +74,7 @@ class VolumeDetails(VerticalScroll):
 
     def show_check(self, check: VolumeCheck) -> None:
         """Show a volume's findings (mount checks, labels)."""
-        lines = finding_lines(check.findings) or ["no findings"]
-        self.query_one("#volume-findings", Static).update("\n".join(lines))
+        self.query_one("#volume-findings", Static).update(findings_table(check.findings))
 
     def show_history(self, history: VolumeHistory | None, error: str | None = None) -> None:
         """Show a volume's image history and increments as a timeline."""
