@@ -17,11 +17,11 @@ HELP = """\
   Enter        actions for the highlighted volume
   b            back up the volume (image or increment)
   i            take a file-level increment of the volume
-  R            restore the volume (wizard: version → target → options → confirm)
+  R            restore: version → target → options → findings → typed name
   r  F5        rescan devices (also automatic when devices come and go)
 
-[b]Jobs (bottom left)[/b]
-  Tab          move between devices, jobs and the details
+[b]Jobs (bottom)[/b]
+  Tab          move between devices, jobs and the right pane
   c            cancel the highlighted job (asks first)
   space        pause / resume live updates
 
