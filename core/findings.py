@@ -57,6 +57,16 @@ class Finding:
         }
 
 
+def finding_from_dict(d: Mapping[str, Any]) -> Finding:
+    """Return the finding ``Finding.to_dict`` wrote (the agent's wire format)."""
+    return Finding(
+        code=str(d["code"]),
+        severity=Severity[str(d["severity"]).upper()],
+        message=str(d["message"]),
+        details=dict(d.get("details") or {}),
+    )
+
+
 def info(code: str, message: str, **details: Any) -> Finding:
     """Return an informational finding."""
     return Finding(code, Severity.INFO, message, details)

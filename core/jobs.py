@@ -15,14 +15,14 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from core.engine.events import Cancelled, Progress
 from core.errors import BlockvaultError
-from core.findings import Finding, ReturnCode, Severity
+from core.findings import Finding, ReturnCode, Severity, finding_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,8 @@ SAMPLE_EVERY = 0.5
 MAX_SAMPLES = 7200
 """Two hours at two samples a second; older samples are dropped first."""
 MAX_LOG = 500
+SAVE_EVERY = 1.0
+"""Seconds between saves of changed jobs to the store (an ended job is saved at once)."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +57,13 @@ class JobState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    """The process running it died (the agent was killed, the machine rebooted)."""
 
     @property
     def finished(self) -> bool:
         """True once the job can change no more."""
-        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
+        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED)
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,96 @@ class JobView:
         return min(1.0, p.done / p.total) if p and p.total else 0.0
 
 
+# --- the wire format: what the agent stores and sends ----------------------------------------
+
+
+def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    """Return ``spec`` as JSON-ready data with its ``kind``."""
+    kind = "backup" if isinstance(spec, BackupSpec) else "restore"
+    return {"kind": kind, **asdict(spec)}
+
+
+def _tuples(value: Any) -> Any:
+    """Return JSON lists as tuples, recursively (identities compare as tuples)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def spec_from_dict(d: Mapping[str, Any]) -> JobSpec:
+    """Return the spec ``spec_to_dict`` wrote; BlockvaultError on anything else."""
+    fields = {k: v for k, v in d.items() if k != "kind"}
+    try:
+        if d.get("kind") == "backup":
+            return BackupSpec(**fields)
+        if d.get("kind") == "restore":
+            expected = fields.get("expected")
+            fields["expected"] = _tuples(expected) if expected is not None else None
+            return RestoreSpec(**fields)
+    except TypeError as e:
+        raise BlockvaultError(f"bad job spec: {e}; send a backup's or a restore's fields") from None
+    raise BlockvaultError("bad job spec: 'kind' must be 'backup' or 'restore'")
+
+
+def _progress_to_dict(p: Progress) -> dict[str, Any]:
+    return {**asdict(p), "counters": dict(p.counters)}
+
+
+def view_to_dict(view: JobView, *, samples: bool = True) -> dict[str, Any]:
+    """Return ``view`` as JSON-ready data; without ``samples`` only the newest one is kept."""
+    kept = view.samples if samples else view.samples[-1:]
+    return {
+        "id": view.id,
+        "spec": spec_to_dict(view.spec),
+        "state": view.state.value,
+        "submitted": view.submitted,
+        "started": view.started,
+        "ended": view.ended,
+        "device": view.device,
+        "progress": _progress_to_dict(view.progress) if view.progress else None,
+        "samples": [[s.t, s.rate, s.dev_read, s.dev_write] for s in kept],
+        "samples_total": len(view.samples),
+        "report": view.report,
+        "return_code": view.return_code,
+        "error": view.error,
+        "findings": [f.to_dict() for f in view.findings],
+        "log": list(view.log),
+        "log_total": view.log_total,
+    }
+
+
+def view_from_dict(d: Mapping[str, Any]) -> JobView:
+    """Return the view ``view_to_dict`` wrote."""
+    p = d.get("progress")
+    return JobView(
+        id=str(d["id"]),
+        spec=spec_from_dict(d["spec"]),
+        state=JobState(d["state"]),
+        submitted=float(d["submitted"]),
+        started=d.get("started"),
+        ended=d.get("ended"),
+        device=d.get("device"),
+        progress=Progress(**{**p, "counters": dict(p.get("counters") or {})}) if p else None,
+        samples=tuple(Sample(*row) for row in d.get("samples") or ()),
+        report=d.get("report"),
+        return_code=d.get("return_code"),
+        error=d.get("error"),
+        findings=tuple(finding_from_dict(f) for f in d.get("findings") or ()),
+        log=tuple(d.get("log") or ()),
+        log_total=int(d.get("log_total") or 0),
+    )
+
+
+class JobStore(Protocol):
+    """Where a queue keeps its jobs, so that history survives a restart (the agent's SQLite)."""
+
+    def load(self) -> list[JobView]:
+        """Return every stored job, oldest first."""
+        ...
+
+    def save(self, view: JobView) -> None:
+        """Store ``view`` (insert or replace by id)."""
+        ...
+
+
 Listener = Callable[[str], None]
 """Called with a job id whenever that job changed (from any thread)."""
 
@@ -188,19 +282,59 @@ class JobQueue:
         max_running: jobs that may run at once (never two on one volume).
     """
 
-    def __init__(self, repo_location: str | None = None, *, max_running: int = 2) -> None:
+    def __init__(
+        self,
+        repo_location: str | None = None,
+        *,
+        max_running: int = 2,
+        store: JobStore | None = None,
+    ) -> None:
         self.repo_location = repo_location
         self.max_running = max_running
+        self._store = store
+        self._unsaved: set[str] = set()
+        self._save_now = threading.Event()
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._repo_lock = threading.Lock()
         """Held while a job opens the repository: two first jobs must not both create it."""
         self._listeners: list[Listener] = []
-        self._ids = itertools.count(1)
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._ids = itertools.count(self._load() + 1)
         self._sampler = threading.Thread(target=self._sample_loop, name="job-sampler", daemon=True)
         self._sampler.start()
+        self._saver: threading.Thread | None = None
+        if store is not None:
+            self._saver = threading.Thread(target=self._save_loop, name="job-saver", daemon=True)
+            self._saver.start()
+
+    def _load(self) -> int:
+        """Take the stored jobs in; return the highest id. A job left unfinished was cut off."""
+        if self._store is None:
+            return 0
+        highest = 0
+        for view in self._store.load():
+            job = _Job(view)
+            job.log.extend(view.log)
+            job.log_total = view.log_total
+            job.samples.extend(view.samples)
+            if not view.state.finished:
+                job.add_log(f"{_clock()} interrupted: the process running it stopped")
+                job.view = replace(
+                    view,
+                    state=JobState.INTERRUPTED,
+                    ended=time.time(),
+                    error="interrupted: the agent stopped while it ran; rerun it "
+                    "(what a backup stored is reused)",
+                    return_code=int(ReturnCode.FAILED),
+                    log=tuple(job.log),
+                    log_total=job.log_total,
+                )
+                self._store.save(job.view)
+            self._jobs[view.id] = job
+            highest = max(highest, int(view.id)) if view.id.isdigit() else highest
+        return highest
 
     # --- what a UI calls ------------------------------------------------------------------
 
@@ -252,6 +386,27 @@ class JobQueue:
         self._start_ready()
         return True
 
+    def rerun(self, job_id: str) -> str:
+        """Queue job ``job_id``'s spec again (it must have ended); return the new job's id.
+
+        A backup rerun reuses every chunk the first run stored. A restore's guards and
+        its confirmation are checked again when the new job starts.
+        """
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise BlockvaultError(f"there is no job {job_id}; see 'blockvault jobs'")
+            if not job.view.state.finished:
+                raise BlockvaultError(f"job {job_id} is still {job.view.state.value}; wait for it")
+            spec = job.view.spec
+        new_id = self.submit(spec)
+        with self._lock:
+            new = self._jobs[new_id]
+            new.add_log(f"{_clock()} rerun of job {job_id}")
+            new.view = replace(new.view, log=tuple(new.log), log_total=new.log_total)
+        self._notify(new_id)
+        return new_id
+
     def view(self, job_id: str) -> JobView:
         """Return job ``job_id`` as it is now (KeyError when unknown)."""
         with self._lock:
@@ -297,6 +452,10 @@ class JobQueue:
         for t in threads:
             t.join(timeout)
         self._sampler.join(timeout)
+        if self._saver is not None:
+            self._save_now.set()
+            self._saver.join(timeout)
+            self._save()  # whatever changed while the saver stopped
 
     # --- running ----------------------------------------------------------------------------
 
@@ -532,9 +691,32 @@ class JobQueue:
         job.view = replace(v, samples=tuple(job.samples))
         return True
 
+    def _save_loop(self) -> None:
+        # Off the jobs' threads: a slow disk under the database never slows a backup.
+        while not self._closed.is_set():
+            self._save_now.wait(SAVE_EVERY)
+            self._save_now.clear()
+            self._save()
+
+    def _save(self) -> None:
+        assert self._store is not None
+        with self._lock:
+            views = [self._jobs[i].view for i in sorted(self._unsaved, key=int)]
+            self._unsaved.clear()
+        for view in views:
+            try:
+                self._store.save(view)
+            except Exception:  # a full disk must not stop the jobs; it is logged
+                log.exception("could not store job %s", view.id)
+
     def _notify(self, job_id: str) -> None:
         with self._lock:
             listeners = list(self._listeners)
+            if self._store is not None:
+                self._unsaved.add(job_id)
+                job = self._jobs.get(job_id)
+                if job is not None and job.view.state.finished:
+                    self._save_now.set()  # an ended job is stored at once
         for listener in listeners:
             try:
                 listener(job_id)

@@ -1,0 +1,73 @@
+"""The job wire format the agent stores and sends: views survive JSON unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.engine.events import Progress
+from core.errors import BlockvaultError
+from core.findings import blocker, warning
+from core.jobs import (
+    BackupSpec,
+    JobState,
+    JobView,
+    RestoreSpec,
+    Sample,
+    spec_from_dict,
+    view_from_dict,
+    view_to_dict,
+)
+
+
+def through_json(view: JobView, **kw) -> JobView:
+    return view_from_dict(json.loads(json.dumps(view_to_dict(view, **kw))))
+
+
+def test_a_restore_view_survives_json_with_its_identity_as_tuples():
+    """The destination identity compares equal after the trip (tuples, not lists)."""
+    identity = ("/dev/loop3", 7, 3, 1 << 26, None, ("/tmp/x.img", 0, 0), "uuid")
+    view = JobView(
+        "12",
+        RestoreSpec("img-1", "/dev/loop3", "/dev/loop3", expected=identity, increment_id="inc"),
+        JobState.RUNNING,
+        submitted=1.5,
+        started=2.5,
+        device="/dev/loop3",
+        progress=Progress("restoring", 10, 100, 5.0, 18.0, 2.0, {"bytes_written": 10}),
+        samples=(Sample(0.5, 1.0, 2.0, 3.0), Sample(1.0, 4.0, 5.0, 6.0)),
+        findings=(warning("W", "a warning", x=1), blocker("B", "a blocker")),
+        log=("a", "b"),
+        log_total=7,
+    )
+    back = through_json(view)
+    assert back == view
+    assert back.spec.expected == identity
+
+
+def test_without_samples_only_the_newest_is_sent():
+    """The event stream sends one sample per change, not the whole history."""
+    view = JobView(
+        "1",
+        BackupSpec("/srv", imagetype="static"),
+        JobState.DONE,
+        submitted=0.0,
+        samples=tuple(Sample(i, i, 0, 0) for i in range(50)),
+        report={"image_id": "x", "return_code": 0},
+        return_code=0,
+    )
+    doc = view_to_dict(view, samples=False)
+    assert doc["samples"] == [[49, 49, 0, 0]] and doc["samples_total"] == 50
+    assert through_json(view).samples == view.samples
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [{"kind": "format", "target": "/"}, {"kind": "backup", "target": "/", "rm": True}, {}],
+)
+def test_bad_specs_are_refused_in_one_line(doc):
+    """Unknown kinds and fields give a BlockvaultError, not a TypeError."""
+    with pytest.raises(BlockvaultError) as e:
+        spec_from_dict(doc)
+    assert "\n" not in e.value.message and "spec" in e.value.message
