@@ -294,6 +294,8 @@ class JobQueue:
         self._store = store
         self._unsaved: set[str] = set()
         self._save_now = threading.Event()
+        self._save_lock = threading.Lock()
+        """Held from taking the changed views to storing them: saves never reorder."""
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._repo_lock = threading.Lock()
@@ -698,16 +700,22 @@ class JobQueue:
             self._save_now.clear()
             self._save()
 
+    def flush(self) -> None:
+        """Store every change not stored yet, now (the agent does so before it answers a submit)."""
+        if self._store is not None:
+            self._save()
+
     def _save(self) -> None:
         assert self._store is not None
-        with self._lock:
-            views = [self._jobs[i].view for i in sorted(self._unsaved, key=int)]
-            self._unsaved.clear()
-        for view in views:
-            try:
-                self._store.save(view)
-            except Exception:  # a full disk must not stop the jobs; it is logged
-                log.exception("could not store job %s", view.id)
+        with self._save_lock:
+            with self._lock:
+                views = [self._jobs[i].view for i in sorted(self._unsaved, key=int)]
+                self._unsaved.clear()
+            for view in views:
+                try:
+                    self._store.save(view)
+                except Exception:  # a full disk must not stop the jobs; it is logged
+                    log.exception("could not store job %s", view.id)
 
     def _notify(self, job_id: str) -> None:
         with self._lock:

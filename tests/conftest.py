@@ -14,6 +14,10 @@ import pytest
 from loopkit import REQUIRE_ENV, LoopKit, kit_leftovers, loop_unavailable_reason
 
 KIT_ROOT = Path("/tmp/blockvault-tests") / f"run-{os.getpid()}"
+
+# No test talks to an agent it did not start: a console opened on this machine may
+# have started one on the default socket. Agent tests pass their own socket.
+os.environ["BLOCKVAULT_AGENT_SOCKET"] = str(KIT_ROOT / "no-agent-here.sock")
 """Every kit's files of this run live here, so a leak check can tell our devices from
 anyone else's — including another test run on the same machine."""
 

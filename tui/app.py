@@ -81,6 +81,7 @@ class BlockvaultApp(App[int]):
         self.read_only = read_only
         self.watch_devices = watch_devices
         self.paused = False
+        self.where_jobs_run = "jobs run in this console"
         self._dirty: set[str] = set()
         self._device_signature: object = None
         self._selected_device: str | None = None
@@ -126,8 +127,9 @@ class BlockvaultApp(App[int]):
         self.query_one("#devices", DeviceTreeView).focus()
         self.query_one("#jobs", JobTable).border_title = "jobs"
         self.query_one("#devices", DeviceTreeView).border_title = "devices"
+        self.sub_title = self.where_jobs_run
         if self.read_only:
-            self.sub_title = "read-only: restores hidden"
+            self.sub_title = f"read-only: restores hidden; {self.where_jobs_run}"
         for problem in self.theme_problems:
             self.notify(problem, title="theme", severity="warning", timeout=10)
         for view in self.jobs.views():  # jobs that were queued before the console opened
@@ -369,7 +371,9 @@ class BlockvaultApp(App[int]):
     def action_toggle_pause(self) -> None:
         """Pause or resume live updates (jobs keep running)."""
         self.paused = not self.paused
-        self.sub_title = "live updates paused (space resumes)" if self.paused else ""
+        self.sub_title = (
+            "live updates paused (space resumes)" if self.paused else self.where_jobs_run
+        )
         if not self.paused:
             self.paint_jobs()
 
@@ -417,7 +421,8 @@ class BlockvaultApp(App[int]):
         """Quit; while jobs run, ask first (quitting cancels them)."""
         running = [v for v in self.jobs.active() if v.state is not JobState.QUEUED]
         queued = [v for v in self.jobs.active() if v.state is JobState.QUEUED]
-        if not running and not queued:
+        if getattr(self.jobs, "outlives_client", False) or (not running and not queued):
+            # In the agent, jobs go on without the console: nothing to ask.
             self.exit(0)
             return
 
@@ -477,12 +482,47 @@ class BlockvaultApp(App[int]):
             self.notify(str(event.worker.error), title="error", severity="error", timeout=10)
 
 
+def console_services(repo_location: str | None, *, use_agent: bool) -> tuple[CoreServices, str]:
+    """Return the services the console runs on, and a line saying where its jobs run.
+
+    With ``use_agent`` the jobs run in the agent, started in the background when none
+    answers yet, so that closing the console or losing the SSH link never stops a job.
+    When no agent can be had (not root, or it would serve another repository), they
+    run in the console itself, and the line says so.
+    """
+    if not use_agent:
+        return CoreServices(repo_location), "jobs run in this console (--no-agent)"
+    from core.agent.client import AgentClient, agent_running, default_socket_path, start_agent
+    from core.repo.repository import default_location
+
+    path = default_socket_path()
+    try:
+        if not agent_running(path):
+            start_agent(path, repo_location=repo_location)
+        client = AgentClient(path)
+        served = os.path.realpath(str(client.health().get("repo")))
+        if served != os.path.realpath(repo_location or default_location()):
+            client.close()
+            return CoreServices(repo_location), (
+                f"the agent on {path} serves {served}: jobs run in this console"
+            )
+    except BlockvaultError as e:
+        return CoreServices(repo_location), f"{e.message}; jobs run in this console"
+    return CoreServices(repo_location, jobs=client), f"jobs run in the agent ({path})"
+
+
 def run_console(
-    *, repo_location: str | None = None, theme: str | None = None, read_only: bool = False
+    *,
+    repo_location: str | None = None,
+    theme: str | None = None,
+    read_only: bool = False,
+    use_agent: bool = True,
 ) -> int:
     """Open the console; return its exit code."""
-    services = CoreServices(repo_location)
+    services, where = console_services(repo_location, use_agent=use_agent)
+    app = BlockvaultApp(services=services, theme=theme, read_only=read_only)
+    app.where_jobs_run = where
     try:
-        return BlockvaultApp(services=services, theme=theme, read_only=read_only).run() or 0
+        return app.run() or 0
     finally:
         services.close()

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from core.errors import BlockvaultError, NeedsRootError
+from core.errors import BlockvaultError, NeedsRootError, TargetError
 from core.findings import ReturnCode
 from core.repo.repository import REPO_ENV, ROOT_DEFAULT
 from tui.format import SEVERITY_STYLE, badges, human_size
@@ -120,6 +120,68 @@ def cmd_check_volume(args: argparse.Namespace, out: Console) -> int:
     return int(result.return_code)
 
 
+def cmd_agent(args: argparse.Namespace, out: Console) -> int:
+    from core.agent.client import default_socket_path
+    from core.agent.server import serve
+    from core.agent.store import default_db_path
+
+    serve(
+        args.socket or default_socket_path(),
+        repo_location=args.repo,
+        db_path=args.db or default_db_path(),
+        max_running=args.max_running,
+    )
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, out: Console) -> int:
+    from core.agent.client import AgentClient, default_socket_path
+
+    client = AgentClient(default_socket_path())
+    try:
+        if args.action in ("cancel", "rerun"):
+            if args.job is None:
+                raise TargetError(
+                    f"jobs {args.action} needs a job id: blockvault jobs {args.action} ID"
+                )
+            if args.action == "cancel":
+                done = client.cancel(args.job)
+                doc: dict[str, object] = {"job": args.job, "cancelled": done}
+                text = f"job {args.job}: " + ("cancel requested" if done else "already ended")
+            else:
+                new = client.rerun(args.job)
+                doc = {"job": args.job, "rerun": new}
+                text = f"job {args.job} queued again as job {new}"
+            if args.json:
+                print(json.dumps(doc))
+            else:
+                out.print(text)
+            return 0
+        views = client.views()
+    finally:
+        client.close()
+    if args.json:
+        from core.jobs import view_to_dict
+
+        print(json.dumps({"jobs": [view_to_dict(v, samples=False) for v in views]}, indent=2))
+        return 0
+    if not views:
+        out.print("no jobs")
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tui.format import row_cells
+
+    table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
+    for col in ("#", "job", "state", "progress", "rate", "ETA"):
+        table.add_column(col, no_wrap=True)
+    for v in views:
+        table.add_row(*(escape(c) for c in row_cells(v)))
+    out.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser for every ``blockvault`` command."""
     common = argparse.ArgumentParser(add_help=False)
@@ -151,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument(
         "--read-only", action="store_true", help="hide restore actions (look, back up, never write)"
     )
+    console.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="run jobs in the console itself (they stop when it closes)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("devices", parents=[common], help="list the machine's block devices")
@@ -161,6 +228,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check_volume, needs_root=True)
 
     add_image_commands(sub, common)
+
+    p = sub.add_parser(
+        "agent", parents=[common], help="run the job queue that outlives the console"
+    )
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="default: $BLOCKVAULT_AGENT_SOCKET, else /run/blockvault/agent.sock",
+    )
+    p.add_argument(
+        "--db",
+        metavar="PATH",
+        help="job history (default: $BLOCKVAULT_AGENT_DB, else /var/lib/blockvault/agent.db)",
+    )
+    p.add_argument(
+        "--max-running",
+        type=int,
+        default=2,
+        metavar="N",
+        help="jobs at once (never two on one volume; default 2)",
+    )
+    p.set_defaults(func=cmd_agent, needs_root=True)
+
+    p = sub.add_parser("jobs", parents=[common], help="the agent's jobs: list, cancel, rerun")
+    p.add_argument("action", nargs="?", choices=["list", "cancel", "rerun"], default="list")
+    p.add_argument("job", nargs="?", metavar="ID")
+    p.set_defaults(func=cmd_jobs)
     return parser
 
 
@@ -179,7 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         from tui.app import run_console
 
-        return run_console(repo_location=args.repo, theme=args.theme, read_only=args.read_only)
+        return run_console(
+            repo_location=args.repo,
+            theme=args.theme,
+            read_only=args.read_only,
+            use_agent=not args.no_agent and os.geteuid() == 0,
+        )
     out = _console(args)
     try:
         if getattr(args, "needs_root", False):

@@ -12,14 +12,21 @@ from core.units import human_size
 if TYPE_CHECKING:  # rich is imported on first use: the command line starts faster
     from rich.console import RenderableType
 
+    from core.jobs import JobView
+
 __all__ = [
+    "COLUMNS",
     "SEVERITY_STYLE",
     "badges",
     "covers_disk_label",
+    "eta_text",
     "findings_table",
     "human_size",
+    "progress_bar",
+    "row_cells",
     "short_size",
 ]
+
 
 def covers_disk_label(dev: BlockDevice, tree: DeviceTree) -> bool:
     """True when ``dev`` starts at sector 0 of a labelled disk (the guide's cylinder-0 case).
@@ -95,3 +102,55 @@ def findings_table(findings: Sequence[Finding], empty: str = "no findings") -> R
         word = Text(f.severity.word.upper(), style=SEVERITY_STYLE[f.severity])
         grid.add_row(word, Text.assemble((f.code, "bold"), " ", f.message))
     return grid
+
+
+# --- job rows: the console's job table and ``blockvault jobs`` ---------------------------------
+
+BAR_WIDTH = 8
+COLUMNS = (
+    ("id", "#"),
+    ("title", "job"),
+    ("state", "state"),
+    ("bar", "progress"),
+    ("rate", "rate"),
+    ("eta", "ETA"),
+)
+TITLE_WIDTH = 28
+
+
+def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    """Return a text bar like ``█████░░░░░ 50%`` (the percentage carries the meaning)."""
+    full = round(fraction * width)
+    return "█" * full + "░" * (width - full) + f" {fraction * 100:3.0f}%"
+
+
+def eta_text(seconds: float | None) -> str:
+    """Return a short ETA: ``42s``, ``3m05s``, ``2h10m`` (``–`` while unknown)."""
+    if seconds is None:
+        return "–"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def row_cells(view: JobView) -> tuple[str, ...]:
+    """Return the table cells for one job."""
+    p = view.progress
+    live = view.state.value in ("running", "cancelling")
+    state = view.state.value
+    if view.state.finished and view.return_code:
+        state += f" rc={view.return_code}"
+    title = view.title
+    if len(title) > TITLE_WIDTH:
+        title = title[: TITLE_WIDTH - 1] + "…"
+    return (
+        view.id,
+        title,
+        state,
+        progress_bar(view.fraction),
+        f"{short_size(int(p.rate))}/s" if p and live else "",
+        eta_text(p.eta) if p and live else "",
+    )

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import BlockvaultError, TargetError
@@ -22,9 +22,11 @@ from tui.format import SEVERITY_STYLE, human_size
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from core.agent.client import AgentClient
     from core.engine.events import Progress
     from core.engine.restore import RestorePlan
     from core.increments.chain import RestorePoint
+    from core.jobs import BackupSpec, JobSpec, JobView
 
 # Each command imports the engine it drives when it runs (not at start-up): a
 # scripted backup pays only for the code it uses.
@@ -117,96 +119,201 @@ def with_progress(
 
 
 def print_report(
-    out: Console, args: argparse.Namespace, report: Any, title: str, rows: Sequence[tuple[str, str]]
+    out: Console,
+    args: argparse.Namespace,
+    doc: Mapping[str, Any],
+    findings: Sequence[Finding],
+    title: str,
+    rows: Sequence[tuple[str, str]],
 ) -> int:
-    """Print a job's report (a two-column table and its findings, or ``--json``); return its rc."""
+    """Print a job's JSON report ``doc`` (a two-column table and its findings, or ``--json``).
+
+    Returns the report's TSM return code.
+    """
+    rc = int(doc.get("return_code", 0))
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return int(report.return_code)
+        print(json.dumps(doc, indent=2))
+        return rc
     from rich.table import Table
 
     table = Table(title=title, show_header=False, box=None)
     for k, v in rows:
         table.add_row(k, escape(v))
     out.print(table)
-    print_findings(out, report.findings)
-    return int(report.return_code)
+    print_findings(out, findings)
+    return rc
 
 
-def cmd_backup_increment(args: argparse.Namespace, out: Console) -> int:
-    from core.increments.backup import backup_increment
-
-    repo = open_repo(args, create=False)
-    report = with_progress(
-        args,
-        lambda progress: backup_increment(
-            args.target, repo, hash_all=args.compare_content, progress=progress
-        ),
-    )
-    rows = [
-        ("volume", f"{report.device} at {report.mount_point}"),
-        ("base image", report.base_image),
-        ("previous", report.previous or "none (the first increment)"),
-        ("files scanned", str(report.files_scanned)),
+def increment_rows(d: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Return the rows of an increment's report (its JSON form)."""
+    return [
+        ("volume", f"{d['device']} at {d['mount_point']}"),
+        ("base image", str(d["base_image"])),
+        ("previous", d["previous"] or "none (the first increment)"),
+        ("files scanned", str(d["files_scanned"])),
         (
             "new / changed",
-            f"{report.files_new} / {report.files_changed} "
-            f"({report.files_metadata_only} metadata only)",
+            f"{d['files_new']} / {d['files_changed']} ({d['files_metadata_only']} metadata only)",
         ),
-        ("deleted", str(report.files_deleted)),
-        ("skipped", str(report.files_skipped)),
-        ("read", f"{human_size(report.bytes_read)} from {report.files_read} files"),
-        (
-            "sent",
-            f"{human_size(report.bytes_sent)} (deduplicated {human_size(report.bytes_dedup)})",
-        ),
-        ("duration", f"{report.duration:.2f} s (scan {report.scan_seconds:.2f} s)"),
+        ("deleted", str(d["files_deleted"])),
+        ("skipped", str(d["files_skipped"])),
+        ("read", f"{human_size(d['bytes_read'])} from {d['files_read']} files"),
+        ("sent", f"{human_size(d['bytes_sent'])} (deduplicated {human_size(d['bytes_dedup'])})"),
+        ("duration", f"{d['duration']:.2f} s (scan {d['scan_seconds']:.2f} s)"),
     ]
-    return print_report(out, args, report, f"increment {report.increment_id}", rows)
 
 
-def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
-    from core.engine.backup import BackupOptions, backup_image
-    from core.snapshots import ImageType
+def image_rows(d: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Return the rows of an image backup's report (its JSON form)."""
+    return [
+        ("volume", f"{d['device']} ({d['target']})"),
+        ("imagetype", d["imagetype"] + (" (fuzzy)" if d["fuzzy"] else "") + f", {d['provider']}"),
+        ("volume size", human_size(d["bytes_volume"])),
+        ("read", human_size(d["bytes_read"])),
+        ("skipped (unused)", f"{human_size(d['bytes_skipped'])}  [{d['used_method']}]"),
+        ("zero", human_size(d["bytes_zero"])),
+        (
+            "stored new",
+            f"{human_size(d['bytes_stored_new'])} from {human_size(d['bytes_new'])}"
+            f" (×{d['compression_ratio']:.2f})",
+        ),
+        ("deduplicated", human_size(d["bytes_dedup"])),
+        (
+            "chunks",
+            f"{d['chunks']} ({d['chunks_new']} new, {d['chunks_dedup']} dedup, "
+            f"{d['chunks_zero']} zero)",
+        ),
+        ("duration", f"{d['duration']:.2f} s ({human_size(int(d['throughput']))}/s)"),
+    ]
 
-    if args.mode == "incremental":
-        return cmd_backup_increment(args, out)
-    if args.compare_content:
+
+def backup_spec(args: argparse.Namespace) -> BackupSpec:
+    """Return the job ``backup image`` describes."""
+    from core.jobs import BackupSpec
+
+    if args.compare_content and args.mode != "incremental":
         raise TargetError("--compare-content applies to --mode incremental")
-    repo = open_repo(args, create=True)
-    options = BackupOptions(
-        imagetype=ImageType(args.imagetype) if args.imagetype else None,
+    return BackupSpec(
+        target=args.target,
+        mode="incremental" if args.mode == "incremental" else "full",
+        imagetype=args.imagetype,
         fallback_dynamic=args.snapshot_fallback == "dynamic",
         snapshot_cache_pct=args.snapshotcachesize,
         gap_size=args.imagegapsize,
+        compare_content=args.compare_content,
     )
-    report = with_progress(
-        args, lambda progress: backup_image(args.target, repo, options, progress=progress)
-    )
-    rows = [
-        ("volume", f"{report.device} ({report.target})"),
-        (
-            "imagetype",
-            report.imagetype + (" (fuzzy)" if report.fuzzy else "") + f", {report.provider}",
-        ),
-        ("volume size", human_size(report.bytes_volume)),
-        ("read", human_size(report.bytes_read)),
-        ("skipped (unused)", f"{human_size(report.bytes_skipped)}  [{report.used_method}]"),
-        ("zero", human_size(report.bytes_zero)),
-        (
-            "stored new",
-            f"{human_size(report.bytes_stored_new)} from {human_size(report.bytes_new)}"
-            f" (×{report.compression_ratio:.2f})",
-        ),
-        ("deduplicated", human_size(report.bytes_dedup)),
-        (
-            "chunks",
-            f"{report.chunks} ({report.chunks_new} new, {report.chunks_dedup} dedup, "
-            f"{report.chunks_zero} zero)",
-        ),
-        ("duration", f"{report.duration:.2f} s ({human_size(int(report.throughput))}/s)"),
-    ]
-    return print_report(out, args, report, f"image {report.image_id}", rows)
+
+
+def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
+    spec = backup_spec(args)
+    agent = agent_for(args)
+    if agent is not None:
+        view = submit_and_follow(args, agent, spec)
+        if view is None:
+            return 0
+        doc, findings = view.report or {}, list(view.findings)
+    elif spec.mode == "incremental":
+        from core.increments.backup import backup_increment
+
+        repo = open_repo(args, create=False)
+        report: Any = with_progress(
+            args,
+            lambda progress: backup_increment(
+                args.target, repo, hash_all=args.compare_content, progress=progress
+            ),
+        )
+        doc, findings = report.to_dict(), report.findings
+    else:
+        from core.engine.backup import BackupOptions, backup_image
+        from core.snapshots import ImageType
+
+        repo = open_repo(args, create=True)
+        options = BackupOptions(
+            imagetype=ImageType(spec.imagetype) if spec.imagetype else None,
+            fallback_dynamic=spec.fallback_dynamic,
+            snapshot_cache_pct=spec.snapshot_cache_pct,
+            gap_size=args.imagegapsize,
+        )
+        report = with_progress(
+            args, lambda progress: backup_image(args.target, repo, options, progress=progress)
+        )
+        doc, findings = report.to_dict(), report.findings
+    if spec.mode == "incremental":
+        title, rows = f"increment {doc['increment_id']}", increment_rows(doc)
+    else:
+        title, rows = f"image {doc['image_id']}", image_rows(doc)
+    return print_report(out, args, doc, findings, title, rows)
+
+
+# --- the agent ------------------------------------------------------------------------------
+
+
+def agent_for(args: argparse.Namespace) -> AgentClient | None:
+    """Return a client of the agent when one runs on this repository, else None (run here).
+
+    ``--no-agent`` runs here anyway; a job for an agent that serves another
+    repository runs here too, so ``--repo`` always means what it says.
+    """
+    if getattr(args, "no_agent", False):
+        return None
+    from core.agent.client import AgentClient, agent_running, default_socket_path
+    from core.repo.repository import default_location
+
+    path = default_socket_path()
+    if not agent_running(path):
+        return None
+    client = AgentClient(path)
+    wanted = os.path.realpath(args.repo or default_location())
+    if os.path.realpath(str(client.health().get("repo"))) != wanted:
+        client.close()
+        return None
+    return client
+
+
+def submit_and_follow(
+    args: argparse.Namespace, agent: AgentClient, spec: JobSpec
+) -> JobView | None:
+    """Submit ``spec``; with ``--wait`` (the default) follow it to its end and return its view.
+
+    Ctrl-C detaches (the job keeps running in the agent) and returns None, as does
+    ``--no-wait``.
+    """
+    from core.errors import BlockvaultError
+
+    job_id = agent.submit(spec)
+    print(f"blockvault: job {job_id} queued in the agent", file=sys.stderr)
+    if not args.wait:
+        if args.json:
+            print(json.dumps({"job": job_id}))
+        agent.close()
+        return None
+    show = None if args.json else progress_printer(stderr_console())
+    seen: list[Progress | None] = [None]
+
+    def changed(changed_id: str) -> None:
+        if changed_id == job_id and show is not None:
+            p = agent.view(job_id).progress
+            if p is not None and p is not seen[0]:
+                seen[0] = p
+                show(p)
+
+    stop = agent.subscribe(changed)
+    try:
+        view = agent.wait(job_id)
+    except KeyboardInterrupt:
+        print(
+            f"\nblockvault: detached; job {job_id} keeps running: 'blockvault jobs' shows it",
+            file=sys.stderr,
+        )
+        return None
+    finally:
+        stop()
+        if show is not None:
+            _end_progress(stderr_console())
+        agent.close()
+    if view.report is None:
+        raise BlockvaultError(view.error or f"job {job_id} ended {view.state.value}")
+    return view
 
 
 # --- query image ---------------------------------------------------------------------------
@@ -392,51 +499,77 @@ def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
         print(f"blockvault: {refusal}", file=sys.stderr)
         return int(ReturnCode.FAILED)
 
-    def run(progress: Callable[[Progress], None] | None) -> tuple[Any, Any, int, dict[str, Any]]:
-        if args.incremental:
-            both = restore_with_increments(
-                point,
+    agent = None if args.imagetofile else agent_for(args)
+    if agent is not None:
+        from core.jobs import RestoreSpec
+
+        inc = point.increment if args.incremental else None
+        spec = RestoreSpec(
+            image_id=m.id,
+            dest=plan.confirm_name,
+            confirm=plan.confirm_name,
+            expected=plan.identity,
+            increment_id=inc.id if inc else None,
+            deletefiles=args.deletefiles,
+            preserve_label=args.preserve_label,
+            verify=args.verifyimage,
+        )
+        view = submit_and_follow(args, agent, spec)
+        if view is None:
+            return 0
+        doc: dict[str, Any] = dict(view.report or {})
+    else:
+
+        def run(progress: Callable[[Progress], None] | None) -> dict[str, Any]:
+            if args.incremental:
+                return restore_with_increments(
+                    point,
+                    dest,
+                    repo,
+                    confirm=plan.confirm_name,
+                    delete=args.deletefiles,
+                    preserve_label=args.preserve_label,
+                    verify=args.verifyimage,
+                    progress=progress,
+                    expected=plan.identity,
+                ).to_dict()
+            return restore_image(
+                m,
                 dest,
                 repo,
                 confirm=plan.confirm_name,
-                delete=args.deletefiles,
+                to_file=args.imagetofile,
                 preserve_label=args.preserve_label,
                 verify=args.verifyimage,
                 progress=progress,
                 expected=plan.identity,
-            )
-            return both.image, both.replay, both.return_code, both.to_dict()
-        alone = restore_image(
-            m,
-            dest,
-            repo,
-            confirm=plan.confirm_name,
-            to_file=args.imagetofile,
-            preserve_label=args.preserve_label,
-            verify=args.verifyimage,
-            progress=progress,
-            expected=plan.identity,
-        )
-        return alone, None, alone.return_code, alone.to_dict()
+            ).to_dict()
 
-    report, replayed, rc, doc = with_progress(args, run)
+        doc = with_progress(args, run)
+    rc = int(doc.get("return_code", 0))
     if args.json:
         print(json.dumps(doc, indent=2))
-        return int(rc)
+        return rc
+    from core.findings import finding_from_dict
+
+    image = doc["image"] if isinstance(doc.get("image"), dict) else doc
+    replayed = doc.get("replay")
     out.print(
-        f"restored {human_size(report.bytes_written)} of data and zeroed "
-        f"{human_size(report.bytes_zeroed)} in {report.duration:.2f} s"
-        + ("; verified by reading back" if report.verified else "")
+        f"restored {human_size(image['bytes_written'])} of data and zeroed "
+        f"{human_size(image['bytes_zeroed'])} in {image['duration']:.2f} s"
+        + ("; verified by reading back" if image.get("verified") else "")
     )
-    if replayed is not None and point.increment is not None:
+    if replayed:
         out.print(
-            f"replayed increment {point.increment.id}: {replayed.files_created} created, "
-            f"{replayed.files_replaced} replaced, {replayed.metadata_updated} metadata updated, "
-            f"{replayed.deleted} deleted, {human_size(replayed.bytes_written)} written"
+            f"replayed increment {doc.get('increment')}: {replayed['files_created']} created, "
+            f"{replayed['files_replaced']} replaced, {replayed['metadata_updated']} metadata "
+            f"updated, {replayed['deleted']} deleted, {human_size(replayed['bytes_written'])} "
+            "written"
         )
-        print_findings(out, replayed.findings)
-    print_findings(out, [f for f in report.findings if f.code.startswith("FSCK")])
-    return int(rc)
+        print_findings(out, [finding_from_dict(f) for f in replayed.get("findings", ())])
+    fsck = [finding_from_dict(f) for f in image.get("findings", ()) if f["code"].startswith("FSCK")]
+    print_findings(out, fsck)
+    return rc
 
 
 # --- delete backup ------------------------------------------------------------------------------
@@ -529,6 +662,22 @@ def parse_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"bad size {text!r}: use e.g. 32K, 4M or bytes") from None
 
 
+def add_agent_options(p: argparse.ArgumentParser) -> None:
+    """Add ``--wait/--no-wait`` and ``--no-agent`` to a command that can run in the agent."""
+    p.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with a running agent: follow the job to its end (default; Ctrl-C detaches), "
+        "or --no-wait to print its id and return",
+    )
+    p.add_argument(
+        "--no-agent",
+        action="store_true",
+        help="run the job in this process even when an agent runs",
+    )
+
+
 def add_image_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add backup/query/restore/delete/repo to the command line's subparsers."""
     backup = sub.add_parser("backup", help="back up a volume").add_subparsers(
@@ -574,6 +723,7 @@ def add_image_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="incremental: hash every file instead of trusting size, mtime and ctime",
     )
+    add_agent_options(p)
     p.set_defaults(func=cmd_backup_image, needs_root=True)
 
     query = sub.add_parser("query", help="list images or a file's versions").add_subparsers(
@@ -616,6 +766,7 @@ def add_image_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--confirm", metavar="NAME", help="DEST's exact name: required without a terminal"
     )
     p.add_argument("--noprompt", action="store_true", help=argparse.SUPPRESS)
+    add_agent_options(p)
     p.set_defaults(func=cmd_restore_image, needs_root=True)
 
     delete = sub.add_parser("delete", help="delete backups").add_subparsers(

@@ -5,57 +5,8 @@ from __future__ import annotations
 from textual.binding import Binding
 from textual.widgets import DataTable
 
-from core.jobs import JobState, JobView
-from tui.format import short_size
-
-BAR_WIDTH = 8
-COLUMNS = (
-    ("id", "#"),
-    ("title", "job"),
-    ("state", "state"),
-    ("bar", "progress"),
-    ("rate", "rate"),
-    ("eta", "ETA"),
-)
-TITLE_WIDTH = 28
-
-
-def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
-    """Return a text bar like ``█████░░░░░ 50%`` (the percentage carries the meaning)."""
-    full = round(fraction * width)
-    return "█" * full + "░" * (width - full) + f" {fraction * 100:3.0f}%"
-
-
-def eta_text(seconds: float | None) -> str:
-    """Return a short ETA: ``42s``, ``3m05s``, ``2h10m`` (``–`` while unknown)."""
-    if seconds is None:
-        return "–"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def row_cells(view: JobView) -> tuple[str, ...]:
-    """Return the table cells for one job."""
-    p = view.progress
-    live = view.state in (JobState.RUNNING, JobState.CANCELLING)
-    state = view.state.value
-    if view.state.finished and view.return_code:
-        state += f" rc={view.return_code}"
-    title = view.title
-    if len(title) > TITLE_WIDTH:
-        title = title[: TITLE_WIDTH - 1] + "…"
-    return (
-        view.id,
-        title,
-        state,
-        progress_bar(view.fraction),
-        f"{short_size(int(p.rate))}/s" if p and live else "",
-        eta_text(p.eta) if p and live else "",
-    )
+from core.jobs import JobView
+from tui.format import COLUMNS, row_cells
 
 
 class JobTable(DataTable[str]):

@@ -12,8 +12,7 @@ from textual.containers import Vertical
 from textual.widgets import Log, Static
 
 from core.jobs import JobView
-from tui.format import findings_table, human_size
-from tui.widgets.job_list import eta_text
+from tui.format import eta_text, findings_table, human_size
 
 SIZE_FIGURES = (
     ("bytes_volume", "volume"),

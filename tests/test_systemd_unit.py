@@ -1,0 +1,42 @@
+"""The agent's systemd unit: systemd itself accepts it, and it runs the agent as designed."""
+
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+UNIT = Path(__file__).resolve().parent.parent / "systemd" / "blockvault-agent.service"
+
+
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+    """``systemd-analyze verify`` finds nothing wrong (with ExecStart pointed at this venv)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing: tests/run installs the systemd package")
+    blockvault = Path(sys.executable).parent / "blockvault"
+    text = UNIT.read_text().replace("/usr/local/bin/blockvault", str(blockvault))
+    unit = tmp_path / UNIT.name
+    unit.write_text(text)
+    res = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    ours = [line for line in (res.stdout + res.stderr).splitlines() if UNIT.name in line]
+    assert res.returncode == 0 and not ours, res.stdout + res.stderr
+
+
+def test_the_unit_runs_the_agent_on_a_root_only_socket():
+    """ExecStart runs ``blockvault agent``; /run/blockvault and the state are root's alone."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # systemd keys are case-sensitive
+    parser.read(UNIT)
+    service = parser["Service"]
+    assert service["ExecStart"].split()[1] == "agent"
+    assert "/run/blockvault/agent.sock" in service["ExecStart"]
+    assert service["RuntimeDirectoryMode"] == "0700"
+    assert service["StateDirectoryMode"] == "0700"
+    assert service["KillSignal"] == "SIGTERM"
+    assert service["NoNewPrivileges"] == "yes"
+    assert parser["Install"]["WantedBy"] == "multi-user.target"
