@@ -171,11 +171,11 @@ def cmd_jobs(args: argparse.Namespace, out: Console) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from tui.format import row_cells
+    from tui.format import COLUMNS, row_cells
 
     table = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
-    for col in ("#", "job", "state", "progress", "rate", "ETA"):
-        table.add_column(col, no_wrap=True)
+    for _, heading, _ in COLUMNS:
+        table.add_column(heading, no_wrap=True)
     for v in views:
         table.add_row(*(escape(c) for c in row_cells(v)))
     out.print(table)

@@ -107,15 +107,17 @@ def findings_table(findings: Sequence[Finding], empty: str = "no findings") -> R
 # --- job rows: the console's job table and ``blockvault jobs`` ---------------------------------
 
 BAR_WIDTH = 8
+TITLE_WIDTH = 24
 COLUMNS = (
-    ("id", "#"),
-    ("title", "job"),
-    ("state", "state"),
-    ("bar", "progress"),
-    ("rate", "rate"),
-    ("eta", "ETA"),
+    ("id", "#", 3),
+    ("title", "job", TITLE_WIDTH),
+    ("state", "state", 12),
+    ("bar", "progress", BAR_WIDTH + 5),
+    ("rate", "rate", 7),
+    ("eta", "ETA", 6),
 )
-TITLE_WIDTH = 28
+"""Key, heading and width of each column: fixed, so the table fits 80 columns whatever
+the jobs are called, and never reflows while they run."""
 
 
 def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:

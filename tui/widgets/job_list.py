@@ -20,8 +20,8 @@ class JobTable(DataTable[str]):
     def on_mount(self) -> None:
         self.cursor_type = "row"
         self.zebra_stripes = False
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
+        for key, label, width in COLUMNS:
+            self.add_column(label, key=key, width=width)
 
     @property
     def selected_job(self) -> str | None:
@@ -36,6 +36,6 @@ class JobTable(DataTable[str]):
         if view.id not in self.rows:
             self.add_row(*cells, key=view.id)
             return
-        for (key, _), value in zip(COLUMNS, cells, strict=True):
+        for (key, _, _), value in zip(COLUMNS, cells, strict=True):
             if self.get_cell(view.id, key) != value:
                 self.update_cell(view.id, key, value)
