@@ -35,8 +35,10 @@ from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import FrameType
+from typing import Any
 
 from core import findings as F
+from core import undo
 from core.devices import BlockDevice, DeviceKind
 from core.errors import BlockvaultError
 from core.findings import Finding
@@ -416,8 +418,11 @@ def _static_view(volume: Volume) -> Iterator[ReadView]:
 
     with ExitStack() as stack:
         with _signals_deferred():
+            # Written down first: if this process is killed, the next one makes it rw.
+            rec = undo.record("remount-rw", target, dev.path)
             done = _remount(target, "ro")
             if done.returncode != 0:
+                undo.forget(rec)
                 # Most often EBUSY: a file was opened for writing since the check.
                 writers = _writers(dev)
                 if writers:
@@ -427,7 +432,9 @@ def _static_view(volume: Volume) -> Iterator[ReadView]:
                     f"{_first_line(done.stderr)}; use --imagetype snapshot or dynamic"
                 )
             started = time.monotonic()
-            stack.callback(_restore_read_write, target, dev.path, started, view._closing)
+            stack.callback(
+                _undone, rec, _restore_read_write, target, dev.path, started, view._closing
+            )
         now = next((m for m in _current_mounts(dev) if m.mount_point == target), None)
         if now is None or "ro" not in now.super_options:
             raise StaticRefused(
@@ -456,6 +463,75 @@ def _restore_read_write(
             seconds=round(held, 3),
         )
     )
+
+
+def _undone(rec: undo.UndoRecord, undo_fn: Callable[..., None], *args: Any) -> None:
+    """Run an undo; forget its record only once it succeeded (a failure keeps it for later)."""
+    undo_fn(*args)
+    undo.forget(rec)
+
+
+def recover_interrupted() -> list[Finding]:
+    """Complete the undo of changes whose backup process died; return what was done.
+
+    A record whose process still runs belongs to a backup in progress and is left
+    alone. A remount is put back only if the same device is still mounted there
+    read-only; a change that no longer applies is just forgotten.
+    """
+    found: list[Finding] = []
+    for rec in undo.records():
+        if rec.owner_alive:
+            continue
+        try:
+            done = _recover(rec)
+        except BlockvaultError as e:
+            found.append(F.warning("UNDO_PENDING", e.message, target=rec.target))
+            continue
+        undo.forget(rec)
+        if done:
+            found.append(F.warning("UNDO_RECOVERED", done, target=rec.target, kind=rec.kind))
+    return found
+
+
+def _recover(rec: undo.UndoRecord) -> str | None:
+    """Undo ``rec``'s change if it still applies; return a line saying what was done."""
+    if rec.kind == "remount-rw":
+        mounts = [m for m in read_mounts() if m.mount_point == rec.target]
+        dev_mounts = [m for m in mounts if m.source == rec.device] or mounts
+        if not dev_mounts or "ro" not in dev_mounts[-1].super_options:
+            return None
+        done = _remount(rec.target, "rw")
+        if done.returncode != 0:
+            raise UndoError(
+                f"{rec.target} was left read-only by a killed static backup and cannot be "
+                f"made writable ({_first_line(done.stderr)}); run 'mount -o remount,rw "
+                f"{rec.target}'"
+            )
+        return (
+            f"{rec.target} was left read-only by a static backup that was killed; "
+            "it is writable again"
+        )
+    if rec.kind == "thaw":
+        try:
+            fd = os.open(rec.target, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            return None
+        try:
+            fcntl.ioctl(fd, FITHAW, 0)
+        except OSError:
+            return None  # EINVAL: not frozen
+        finally:
+            os.close(fd)
+        return f"{rec.target} was left frozen by a snapshot backup that was killed; thawed"
+    if rec.kind == "unlink":
+        if not os.path.exists(rec.target):
+            return None
+        _remove_clone(rec.target)
+        return f"removed {rec.target}, the clone of a snapshot backup that was killed"
+    if rec.kind == "lvremove":
+        _lvremove(rec.target)
+        return f"removed {rec.target}, the LVM snapshot of a backup that was killed"
+    return None
 
 
 # --- snapshot: which provider ----------------------------------------------------------
@@ -549,10 +625,12 @@ def _frozen(mount_point: str) -> Iterator[None]:
     window between freeze and thaw.
     """
     fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
+    rec = undo.record("thaw", mount_point, "")
     try:
         try:
             fcntl.ioctl(fd, FIFREEZE, 0)
         except OSError as e:
+            undo.forget(rec)
             if e.errno == errno.EBUSY:
                 raise FreezeError(
                     f"{mount_point} is already frozen (fsfreeze or another backup?); "
@@ -575,6 +653,7 @@ def _frozen(mount_point: str) -> Iterator[None]:
                         f"{mount_point} is still frozen ({e.strerror}); "
                         f"thaw it now with 'fsfreeze -u {mount_point}'"
                     ) from None
+            undo.forget(rec)
     finally:
         os.close(fd)
 
@@ -613,7 +692,8 @@ def _reflink_view(volume: Volume, workdir: str | None) -> Iterator[ReadView]:
                 raise SnapshotUnavailable(
                     dev.path, f"cannot create a clone in {clone_dir}: {e.strerror}"
                 ) from None
-            stack.callback(_remove_clone, clone)
+            rec = undo.record("unlink", clone, dev.path)
+            stack.callback(_undone, rec, _remove_clone, clone)
             fds.callback(os.close, dst)
             try:
                 src = os.open(backing, os.O_RDONLY)
@@ -728,6 +808,7 @@ def _lvm_view(dev: BlockDevice, cache_pct: int) -> Iterator[ReadView]:
 
     with ExitStack() as stack:
         with _signals_deferred():
+            rec = undo.record("lvremove", snapshot, dev.path)
             done = _lvm(
                 "lvcreate",
                 "--snapshot",
@@ -738,8 +819,9 @@ def _lvm_view(dev: BlockDevice, cache_pct: int) -> Iterator[ReadView]:
                 f"{vg}/{lv}",
             )
             if done.returncode != 0:
+                undo.forget(rec)
                 raise SnapshotUnavailable(dev.path, f"lvcreate failed: {_first_line(done.stderr)}")
-            stack.callback(_lvremove, snapshot)
+            stack.callback(_undone, rec, _lvremove, snapshot)
         done = _lvm("lvs", "--noheadings", "-o", "lv_path", snapshot)
         path = done.stdout.strip() if done.returncode == 0 else ""
         view = ReadView(

@@ -18,6 +18,8 @@ KIT_ROOT = Path("/tmp/blockvault-tests") / f"run-{os.getpid()}"
 # No test talks to an agent it did not start: a console opened on this machine may
 # have started one on the default socket. Agent tests pass their own socket.
 os.environ["BLOCKVAULT_AGENT_SOCKET"] = str(KIT_ROOT / "no-agent-here.sock")
+# Undo records of killed test backups stay with this run, not with the machine's.
+os.environ["BLOCKVAULT_UNDO_DIR"] = str(KIT_ROOT / "undo")
 """Every kit's files of this run live here, so a leak check can tell our devices from
 anyone else's — including another test run on the same machine."""
 

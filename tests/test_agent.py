@@ -29,6 +29,7 @@ from core.engine.restore import plan_restore
 from core.errors import BlockvaultError
 from core.jobs import BackupSpec, JobState, JobView, RestoreSpec
 from core.repo.repository import Repository
+from core.undo import undo_dir
 
 MIB = 1 << 20
 TIMEOUT = 60.0
@@ -301,12 +302,10 @@ def test_sigterm_mid_static_backup_cancels_it_undoes_the_remount_and_exits_0(loo
 
 
 @pytest.mark.loop
-@pytest.mark.xfail(
-    strict=True,
-    reason="a SIGKILLed agent cannot undo a static backup's read-only remount, and nothing "
-    "records it for the next agent to undo",
-)
-def test_agent_killed_during_a_static_backup_leaves_the_volume_writable(loopkit, agents):
+def test_agent_killed_during_a_static_backup_has_the_volume_writable_after_restart(
+    loopkit, agents
+):
+    """SIGKILL cannot be caught: the undo record makes the next agent remount read-write."""
     vol = random_file_volume(loopkit, "64M", 32)
     agent = agents.start()
     client = agents.client(agent)
@@ -314,7 +313,12 @@ def test_agent_killed_during_a_static_backup_leaves_the_volume_writable(loopkit,
     with reads_throttled(agent.pid, vol.device, 8 * MIB):  # so the kill lands mid-copy
         client.submit(BackupSpec(str(vol.mount_point), imagetype="static"))
         assert killed.wait(TIMEOUT), "the backup never read a byte"
-    (vol.mount_point / "after.txt").write_text("writable")  # OSError EROFS today
+    agent.proc.wait(TIMEOUT)
+    with pytest.raises(OSError):  # the killed agent could not undo its remount
+        (vol.mount_point / "during.txt").write_text("read-only")
+    agent.start()  # the next agent finds the record and completes the undo
+    (vol.mount_point / "after.txt").write_text("writable")
+    assert not list(undo_dir().glob("*.json"))
 
 
 @pytest.mark.loop

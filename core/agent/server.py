@@ -363,6 +363,11 @@ def serve(
         undo.enter_context(_db_lock(db_path))
         store = SqliteJobStore(db_path)
         undo.callback(store.close)
+        # A backup killed with its agent may have left a volume read-only or frozen.
+        from core.snapshots import recover_interrupted
+
+        for finding in recover_interrupted():
+            log.warning("%s: %s", finding.code, finding.message)
         queue = JobQueue(repo_location, max_running=max_running, store=store)
         undo.callback(server.end_streams, 2.0)
         undo.callback(queue.close)

@@ -31,7 +31,7 @@ from core.repo.catalog import catalog, volume_key
 from core.repo.format import ZERO_ID, ImageManifest, chunk_digest, encode_chunk
 from core.repo.repository import Repository, now_iso
 from core.signatures import probe
-from core.snapshots import ImageType, ReadView, consistent_view
+from core.snapshots import ImageType, ReadView, consistent_view, recover_interrupted
 from core.targets import Volume, resolve
 from core.usedblocks import UsedMap, used_map_or_whole
 
@@ -166,7 +166,9 @@ def backup_image(
         raise BackupRefused(f"backup of {target} refused: {blockers[0].message}")
     # Every preflight finding goes into the report (the guide's mount-point rule, the
     # cylinder-0 warning, …); acting on busy processes is the snapshot layer's job.
-    findings = list(pre)
+    # A backup killed earlier (SIGKILL, OOM) may have left a remount, a freeze or a
+    # clone behind: put it right first, and say so in this report.
+    findings = [*recover_interrupted(), *pre]
 
     started = now_iso()
     meter_t0 = datetime.now(UTC)
