@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from imagekit import device_digest, fsck_clean, populate, tree_digest
 from rich.console import Console
+from test_agent import agents  # noqa: F401  (the fixture)
 from textual.pilot import Pilot
 from textual.widgets import Button, OptionList, Static
 
@@ -350,3 +352,48 @@ def test_typing_on_the_tree_filters_and_new_devices_appear(loopkit, tmp_path):
         asyncio.run(main())
     finally:
         services.close()
+
+
+def test_console_reattached_to_an_agent_shows_its_running_job_with_the_whole_graph(
+    loopkit, tmp_path, agents  # noqa: F811  (the fixture imported above)
+):
+    """A job that started before the console opened: its state and every sample so far."""
+    from test_agent import MIB, random_file_volume, reads_throttled
+
+    from core.agent.client import AgentClient
+    from core.jobs import BackupSpec
+
+    vol = random_file_volume(loopkit, "64M", 32)
+    agent = agents.start()
+    submitter = agents.client(agent)
+    with reads_throttled(agent.pid, vol.device, 4 * MIB):  # several seconds of backup
+        job_id = submitter.submit(BackupSpec(vol.device))
+        deadline = time.monotonic() + 30
+        while len(submitter.view(job_id).samples) < 4:  # two seconds of graph before we look
+            assert time.monotonic() < deadline, "no samples"
+            time.sleep(0.1)
+        client = AgentClient(str(agent.socket))
+        services = CoreServices(str(agent.repo), jobs=client)
+        app = BlockvaultApp(services=services, watch_devices=False, theme="blockvault-dark")
+
+        async def main() -> None:
+            async with app.run_test(size=SIZE) as pilot:
+                await settle(app, pilot)
+                for _ in range(50):  # the event stream's first lines: every job
+                    if job_id in app.query_one("#jobs").rows:
+                        break
+                    await pilot.pause(0.1)
+                await pilot.press("tab")  # devices → jobs: the job's graph and report show
+                await settle(app, pilot)
+                await pilot.pause(0.3)  # one paint tick
+                shown = app.query_one("#graph")._times
+                assert app.jobs.view(job_id).state is JobState.RUNNING
+                assert len(shown) >= 4  # the history from before the console opened
+                assert app.query_one("#jobs").get_row(job_id)[2] == "running"
+
+        try:
+            asyncio.run(main())
+        finally:
+            services.close()  # disconnects only: the agent's job goes on
+        assert submitter.view(job_id).state is JobState.RUNNING
+    assert submitter.wait(job_id, timeout=60).state is JobState.DONE

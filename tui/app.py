@@ -132,8 +132,9 @@ class BlockvaultApp(App[int]):
             self.sub_title = f"read-only: restores hidden; {self.where_jobs_run}"
         for problem in self.theme_problems:
             self.notify(problem, title="theme", severity="warning", timeout=10)
-        for view in self.jobs.views():  # jobs that were queued before the console opened
-            self._dirty.add(view.id)
+        if not getattr(self.jobs, "outlives_client", False):
+            # Jobs queued before the console opened (an agent's arrive as events).
+            self._dirty.update(v.id for v in self.jobs.views())
         self.set_interval(PAINT_EVERY, self.paint_jobs)
         if self.watch_devices:
             self.set_interval(WATCH_DEVICES_EVERY, self.watch_for_devices)
@@ -351,7 +352,7 @@ class BlockvaultApp(App[int]):
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self.jobs.cancel(job_id)
+                self.cancel_job(job_id)
 
         self.push_screen(
             ConfirmScreen(
@@ -367,6 +368,11 @@ class BlockvaultApp(App[int]):
             ),
             answer,
         )
+
+    @work(thread=True, exit_on_error=False, group="cancel")
+    def cancel_job(self, job_id: str) -> None:
+        # The agent's API is a request over its socket: never on the UI thread.
+        self.jobs.cancel(job_id)
 
     def action_toggle_pause(self) -> None:
         """Pause or resume live updates (jobs keep running)."""
