@@ -10,6 +10,7 @@ second, so the UI never works through a backlog while a backup runs.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterable
 
 from textual import on, work
@@ -61,6 +62,7 @@ class BlockvaultApp(App[int]):
         Binding("t", "next_theme", "Theme", show=False, id="app.theme"),
         Binding("space", "toggle_pause", "Pause", show=False, id="app.pause"),
         # Priority: the screen's own Tab (focus the next widget) would otherwise come first.
+        Binding("enter", "filter_done", show=False, priority=True, id="devices.filter_done"),
         Binding("tab", "cycle_pane(1)", "Next pane", show=False, priority=True, id="app.next"),
         Binding(
             "shift+tab", "cycle_pane(-1)", "Previous pane", show=False, priority=True, id="app.prev"
@@ -124,6 +126,8 @@ class BlockvaultApp(App[int]):
 
     def on_mount(self) -> None:
         self.query_one("#filter", Input).display = False
+        if self.animation_level == "none":  # over SSH a blinking cursor is a repaint a second
+            self.query_one("#filter", Input).cursor_blink = False
         self.query_one("#devices", DeviceTreeView).focus()
         self.query_one("#jobs", JobTable).border_title = "jobs"
         self.query_one("#devices", DeviceTreeView).border_title = "devices"
@@ -166,6 +170,10 @@ class BlockvaultApp(App[int]):
 
     @on(Tree.NodeHighlighted, "#devices")
     def device_highlighted(self, event: Tree.NodeHighlighted[str]) -> None:
+        self.show_selected_device()
+
+    def show_selected_device(self) -> None:
+        """Show the highlighted device's details (and start its check and history)."""
         dev = self.query_one("#devices", DeviceTreeView).selected
         details = self.query_one("#details", VolumeDetails)
         if dev is None:
@@ -230,17 +238,28 @@ class BlockvaultApp(App[int]):
     @on(DeviceTreeView.FilterTyped)
     def filter_typed(self, message: DeviceTreeView.FilterTyped) -> None:
         box = self.query_one("#filter", Input)
-        self.action_filter()
-        box.value = message.text
+        # Keys that arrive together (a paste, one SSH packet) reach the tree before the
+        # focus has moved to the box: each is added, none replaces the ones before.
+        if box.display:
+            box.value += message.text
+        else:
+            self.action_filter()
+            box.value = message.text
         box.cursor_position = len(box.value)
 
     @on(Input.Changed, "#filter")
     def filter_changed(self, event: Input.Changed) -> None:
         self.query_one("#devices", DeviceTreeView).set_filter(event.value.strip())
+        # The cursor may stay on the same line over another device (no highlight event).
+        self.show_selected_device()
 
-    @on(Input.Submitted, "#filter")
-    def filter_done(self) -> None:
-        self.query_one("#devices", DeviceTreeView).focus()
+    def action_filter_done(self) -> None:
+        """Enter in the filter box: back to the tree, at once.
+
+        A priority binding, handled as the key arrives: a key typed right after Enter
+        (in the same SSH packet) then already goes to the tree, not into the box.
+        """
+        self.screen.set_focus(self.query_one("#devices", DeviceTreeView))
 
     def key_escape(self) -> None:
         box = self.query_one("#filter", Input)
@@ -273,6 +292,8 @@ class BlockvaultApp(App[int]):
         self.action_backup("incremental")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "filter_done":  # Enter belongs to the filter box only while it has focus
+            return self.focused is not None and self.focused.id == "filter"
         # A read-only console shows no restore key at all (as k9s --readonly does).
         return not (action == "restore" and self.read_only)
 
@@ -510,11 +531,11 @@ def console_services(repo_location: str | None, *, use_agent: bool) -> tuple[Cor
         if served != os.path.realpath(repo_location or default_location()):
             client.close()
             return CoreServices(repo_location), (
-                f"the agent on {path} serves {served}: jobs run in this console"
+                "jobs run in this console (the agent serves another repository)"
             )
     except BlockvaultError as e:
         return CoreServices(repo_location), f"{e.message}; jobs run in this console"
-    return CoreServices(repo_location, jobs=client), f"jobs run in the agent ({path})"
+    return CoreServices(repo_location, jobs=client), "jobs run in the agent"
 
 
 def run_console(
@@ -528,7 +549,17 @@ def run_console(
     services, where = console_services(repo_location, use_agent=use_agent)
     app = BlockvaultApp(services=services, theme=theme, read_only=read_only)
     app.where_jobs_run = where
+
+    def hang_up(signum: int, _frame: object) -> None:
+        # The SSH link dropped (SIGHUP) or the console was told to stop: leave through
+        # the app, so that the finally below cancels jobs running in this console and
+        # their undo (a remount, a snapshot) runs. Jobs in the agent just go on.
+        app.exit(128 + signum)
+
+    previous = {sig: signal.signal(sig, hang_up) for sig in (signal.SIGHUP, signal.SIGTERM)}
     try:
         return app.run() or 0
     finally:
         services.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Checkbox, Input, Label, RadioButton, RadioSet, Static
+from textual.widgets import Button, Checkbox, Input, Label, RadioSet, Static
 
 from core.findings import Severity
 from core.jobs import BackupSpec
@@ -20,6 +20,7 @@ from core.preflight import VolumeCheck
 from tui.format import findings_table
 from tui.image_commands import parse_size
 from tui.services import CoreServices
+from tui.widgets.toggles import MarkedCheckbox, MarkedRadioButton
 
 IMAGE_TYPES = (
     ("auto", "auto: snapshot where a provider applies, else static"),
@@ -68,11 +69,11 @@ class BackupDialog(ModalScreen[BackupSpec | None]):
             with VerticalScroll():
                 with RadioSet(id="imagetype", compact=True):
                     for i, (name, label) in enumerate(IMAGE_TYPES):
-                        yield RadioButton(label, value=i == 0, name=name)
+                        yield MarkedRadioButton(label, value=i == 0, name=name)
                 with RadioSet(id="mode", compact=True):
                     for name, label in MODES:
-                        yield RadioButton(label, value=name == self.mode, name=name)
-                yield Checkbox(
+                        yield MarkedRadioButton(label, value=name == self.mode, name=name)
+                yield MarkedCheckbox(
                     "no snapshot provider: fall back to dynamic", id="fallback", compact=True
                 )
                 with Horizontal(classes="row"):
@@ -99,6 +100,9 @@ class BackupDialog(ModalScreen[BackupSpec | None]):
 
     def on_mount(self) -> None:
         self.query_one("#imagetype", RadioSet).focus()
+        if self.app.animation_level == "none":  # over SSH: no repaint a second for a cursor
+            for box in self.query(Input):
+                box.cursor_blink = False
         self.run_check()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="backup-check")

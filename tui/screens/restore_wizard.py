@@ -32,6 +32,7 @@ from core.increments.manifest import FileManifest
 from core.jobs import RestoreSpec
 from tui.format import badges, findings_table, human_size
 from tui.services import Catalog, CoreServices
+from tui.widgets.toggles import MarkedCheckbox
 
 STEPS = ("volume", "version", "target", "options", "findings", "confirm")
 TITLES = {
@@ -56,7 +57,7 @@ class PlanRequest:
     verify: bool
 
 
-class OptionBox(Checkbox, inherit_bindings=False):
+class OptionBox(MarkedCheckbox, inherit_bindings=False):
     """A checkbox that Space toggles; Enter is left to the wizard, which moves on."""
 
     BINDINGS = [Binding("space", "toggle_button", "Toggle", show=False)]
@@ -152,6 +153,8 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     def on_mount(self) -> None:
         self.query_one("#restore", Button).display = False
         self.query_one("#volume", OptionList).focus()
+        if self.app.animation_level == "none":  # over SSH: no repaint a second for a cursor
+            self.query_one("#confirm-input", Input).cursor_blink = False
         # Warnings count as read once the findings were scrolled to their end (keys or mouse).
         self.watch(self.query_one("#findings", VerticalScroll), "scroll_y", self._scrolled)
         self.load_catalog()

@@ -129,6 +129,9 @@ class DeviceTreeView(Tree[str]):
                 label = device_label(dev, tree, busy=dev.path in self.busy)
                 leaf = group.add_leaf(label, data=dev.name)
                 shown.setdefault(dev.name, leaf)
+        # The tree lays its lines out lazily, and a node without a line yet would put the
+        # cursor on line 0: asking for the last line builds them first.
+        _ = self.last_line
         if keep in shown:
             self.move_cursor(shown[keep])
         elif shown:

@@ -67,7 +67,7 @@ def summary_line(view: JobView) -> str:
             f"ETA {eta_text(p.eta)}",
         ]
     if view.return_code is not None:
-        parts.append(f"return code {view.return_code}")
+        parts.append(f"rc {view.return_code}")
     if view.started and view.ended:
         parts.append(f"{view.ended - view.started:.1f} s")
     return "  ".join(parts)
