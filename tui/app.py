@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterable
 
 from textual import on, work
@@ -551,12 +552,24 @@ def run_console(
     app.where_jobs_run = where
 
     def hang_up(signum: int, _frame: object) -> None:
-        # The SSH link dropped (SIGHUP) or the console was told to stop: leave through
-        # the app, so that the finally below cancels jobs running in this console and
-        # their undo (a remount, a snapshot) runs. Jobs in the agent just go on.
-        app.exit(128 + signum)
+        # The SSH link dropped: there is no terminal left to restore, and the app cannot
+        # shut down cleanly writing to it. Stop the jobs that run in this console (their
+        # undo, a remount or a snapshot, runs now) and leave. Jobs in the agent go on.
+        services.close()
+        os._exit(128 + signum)
 
-    previous = {sig: signal.signal(sig, hang_up) for sig in (signal.SIGHUP, signal.SIGTERM)}
+    def terminate(signum: int, _frame: object) -> None:
+        # Told to stop with the terminal still there: leave through the app (the finally
+        # below stops the jobs), or as on a hang-up if the app does not end in time.
+        app.exit(128 + signum)
+        timer = threading.Timer(10.0, hang_up, (signum, None))
+        timer.daemon = True
+        timer.start()
+
+    previous = {
+        signal.SIGHUP: signal.signal(signal.SIGHUP, hang_up),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+    }
     try:
         return app.run() or 0
     finally:

@@ -256,15 +256,21 @@ def agent_for(args: argparse.Namespace) -> AgentClient | None:
     """
     if getattr(args, "no_agent", False):
         return None
-    from core.agent.client import AgentClient, agent_running, default_socket_path
-    from core.repo.repository import default_location
+    from core.agent import default_socket_path
 
     path = default_socket_path()
-    if not agent_running(path):
+    if not os.path.exists(path):
+        return None  # no agent: the HTTP client is not even imported (startup time)
+    from core.agent.client import AgentClient, AgentUnavailable
+    from core.repo.repository import default_location
+
+    client = AgentClient(path)  # one client: each costs a connection
+    try:
+        served = client.health().get("repo")
+    except AgentUnavailable:
+        client.close()
         return None
-    client = AgentClient(path)
-    wanted = os.path.realpath(args.repo or default_location())
-    if os.path.realpath(str(client.health().get("repo"))) != wanted:
+    if os.path.realpath(str(served)) != os.path.realpath(args.repo or default_location()):
         client.close()
         return None
     return client

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from core.agent.server import DEFAULT_SOCKET
+from core.agent import default_socket_path
 from core.agent.store import default_db_path
 from core.errors import BlockvaultError
 from core.findings import ReturnCode
@@ -30,7 +30,6 @@ from core.jobs import MAX_SAMPLES, JobSpec, JobView, Listener, spec_to_dict, vie
 
 log = logging.getLogger(__name__)
 
-SOCKET_ENV = "BLOCKVAULT_AGENT_SOCKET"
 BASE_URL = "http://agent"
 STREAM_READ_TIMEOUT = 10.0
 """The agent writes at least an empty line every second: this much silence means it hangs."""
@@ -38,11 +37,6 @@ STREAM_READ_TIMEOUT = 10.0
 
 class AgentUnavailable(BlockvaultError):
     """No agent answers on the socket (not started, stopped, or not ours to use)."""
-
-
-def default_socket_path() -> str:
-    """Return ``$BLOCKVAULT_AGENT_SOCKET``, else ``/run/blockvault/agent.sock``."""
-    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
 
 
 def _unavailable(path: str, error: BaseException | None = None) -> AgentUnavailable:
@@ -60,7 +54,10 @@ def _unavailable(path: str, error: BaseException | None = None) -> AgentUnavaila
 
 
 def _http(path: str, timeout: float | httpx.Timeout) -> httpx.Client:
-    return httpx.Client(transport=httpx.HTTPTransport(uds=path), base_url=BASE_URL, timeout=timeout)
+    # verify=False: a Unix socket never speaks TLS, and the default loads the whole CA
+    # bundle for every client (40 ms each).
+    transport = httpx.HTTPTransport(uds=path, verify=False)
+    return httpx.Client(transport=transport, base_url=BASE_URL, timeout=timeout)
 
 
 def _error_of(response: httpx.Response) -> BlockvaultError:

@@ -36,6 +36,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from core.agent import DEFAULT_SOCKET
 from core.agent.store import SqliteJobStore, default_db_path
 from core.errors import BlockvaultError
 from core.findings import ReturnCode
@@ -44,7 +45,6 @@ from core.jobs import JobQueue, spec_from_dict, view_to_dict
 log = logging.getLogger(__name__)
 
 API_VERSION = 1
-DEFAULT_SOCKET = "/run/blockvault/agent.sock"
 HEARTBEAT = 1.0
 """Seconds between empty lines on a quiet event stream: a gone client is noticed, and
 a client sees a live agent."""
