@@ -274,6 +274,39 @@ class _Job:
         self.log_total += 1
 
 
+class JobSource(Protocol):
+    """What :func:`wait_finished` needs: the queue itself, or a client of the agent's."""
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]: ...
+
+    def view(self, job_id: str) -> JobView: ...
+
+
+def wait_finished(source: JobSource, job_id: str, timeout: float | None = None) -> JobView:
+    """Block until job ``job_id`` of ``source`` finished (or ``timeout``); return its view.
+
+    Woken by the job's own changes; a half-second check covers a change that came
+    between the subscription and the first look.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    done = threading.Event()
+
+    def check(changed: str) -> None:
+        if changed == job_id and source.view(job_id).state.finished:
+            done.set()
+
+    stop = source.subscribe(check)
+    try:
+        while not source.view(job_id).state.finished:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            done.wait(0.5 if left is None else min(0.5, left))
+    finally:
+        stop()
+    return source.view(job_id)
+
+
 class JobQueue:
     """Runs jobs in threads; every change is told to listeners as a job id.
 
@@ -425,24 +458,7 @@ class JobQueue:
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobView:
         """Block until job ``job_id`` finished (or ``timeout``); return its view."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done = threading.Event()
-
-        def check(changed: str) -> None:
-            if changed == job_id and self.view(job_id).state.finished:
-                done.set()
-
-        stop = self.subscribe(check)
-        try:
-            check(job_id)
-            while not done.is_set():
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                done.wait(0.5 if left is None else min(0.5, left))
-        finally:
-            stop()
-        return self.view(job_id)
+        return wait_finished(self, job_id, timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         """Cancel every job that has not finished and wait for the threads to end."""

@@ -26,7 +26,15 @@ from core.agent import default_socket_path
 from core.agent.store import default_db_path
 from core.errors import BlockvaultError
 from core.findings import ReturnCode
-from core.jobs import MAX_SAMPLES, JobSpec, JobView, Listener, spec_to_dict, view_from_dict
+from core.jobs import (
+    MAX_SAMPLES,
+    JobSpec,
+    JobView,
+    Listener,
+    spec_to_dict,
+    view_from_dict,
+    wait_finished,
+)
 
 log = logging.getLogger(__name__)
 
@@ -321,23 +329,7 @@ class AgentClient:
 
     def wait(self, job_id: str, timeout: float | None = None) -> JobView:
         """Block until job ``job_id`` finished (or ``timeout``); return its view."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done = threading.Event()
-
-        def check(changed: str) -> None:
-            if changed == job_id and self.view(job_id).state.finished:
-                done.set()
-
-        stop = self.subscribe(check)
-        try:
-            while not self.view(job_id).state.finished:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                done.wait(0.5 if left is None else min(0.5, left))
-        finally:
-            stop()
-        return self.view(job_id)
+        return wait_finished(self, job_id, timeout)
 
     def close(self) -> None:
         """Disconnect from the agent; its jobs keep running."""
