@@ -70,6 +70,7 @@ def shots() -> list[tuple[str, tuple[int, int], str, Walk]]:
 async def shoot(name: str, size: tuple[int, int], theme: str, walk: Walk) -> Path:
     """Open the console on the scene, walk to the view, and save it as ``name``."""
     app = BlockvaultApp(services=SceneServices(), theme=theme, watch_devices=False)
+    app.where_jobs_run = "jobs run in the agent"  # as the console runs by default
     async with app.run_test(size=size) as pilot:
         await walk(pilot)
         return Path(app.save_screenshot(filename=name, path=str(HERE)))

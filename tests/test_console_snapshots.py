@@ -42,7 +42,9 @@ def plain_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def console() -> BlockvaultApp:
     """The console on the recorded scene, in the default theme, not polling for devices."""
-    return BlockvaultApp(services=SceneServices(), theme="blockvault-dark", watch_devices=False)
+    app = BlockvaultApp(services=SceneServices(), theme="blockvault-dark", watch_devices=False)
+    app.where_jobs_run = "jobs run in the agent"  # as the console runs by default
+    return app
 
 
 @SIZES
