@@ -503,24 +503,6 @@ def machine_line() -> str:
     return f"nproc {os.cpu_count()}, RAM {mem}, kernel {platform.release()}, CPU {cpu}"
 
 
-def write_results(path: Path, body: str) -> None:
-    """Put the section into ``path``: replace an earlier "Agent throughput" section, else append.
-
-    The file is read right before it is written: other benches append sections of their own.
-    """
-    text = path.read_text() if path.exists() else "# blockvault benchmark results\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
-
-# --------------------------------------------------------------------------- main
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="rounds; the table shows medians (3)")
@@ -556,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     body = report(bench, command)
     print("\n" + body)
     if args.write_results:
-        write_results(args.results_file, body)
+        volume.write_section(args.results_file, SECTION, body)
         print(f"results written to {args.results_file}")
     return 0 if verdict(bench)[1] else 1
 

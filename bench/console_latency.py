@@ -1105,21 +1105,6 @@ def report(bench: Bench, command: str) -> str:
     )
 
 
-def write_results(path: Path, body: str, heading: str) -> None:
-    """Put the section into ``path``: replace an earlier one of ``heading``, else append."""
-    text = path.read_text() if path.exists() else "# blockvault benchmark results\n"
-    section = f"{heading}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
-
-# --------------------------------------------------------------------------- main
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=2, help="runs; CLI and console alternate (2)")
@@ -1187,7 +1172,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + body)
     _, lat_verdicts = latency_table(bench.results)
     if args.write_results:
-        write_results(args.results_file, body, SECTION[args.jobs])
+        volume.write_section(args.results_file, SECTION[args.jobs], body)
         print(f"results written to {args.results_file}")
     return 0 if all(v == "PASS" for v in lat_verdicts) else 1
 

@@ -1082,28 +1082,15 @@ def report(bench: Bench, command: str) -> str:
 
 def write_results(path: Path, body: str) -> None:
     """Append today's section to ``path``, replacing a section of the same date."""
-    date = time.strftime("%Y-%m-%d")
-    heading = f"## {date}"
-    text = (
-        path.read_text()
-        if path.exists()
-        else (
+    volume.write_section(
+        path,
+        f"## {time.strftime('%Y-%m-%d')}",
+        body,
+        header=(
             "# blockvault benchmark results\n\nWritten by `bench/run.py --write-results`; "
             "one section per date (a re-run the same day replaces it).\n"
-        )
+        ),
     )
-    section = f"{heading}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
-# --------------------------------------------------------------------------- main
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(

@@ -28,7 +28,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import resource
 import shlex
 import shutil
@@ -422,18 +421,6 @@ def report(bench: ScanBench, command: str) -> str:
     )
 
 
-def write_results(path: Path, body: str) -> None:
-    """Put the section into ``path``: replace an earlier "Increment scan" section, else append."""
-    text = path.read_text() if path.exists() else "# blockvault benchmark results\n"
-    section = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    path.write_text(text)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="rounds; the table shows medians (5)")
@@ -470,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + body)
     _, verdicts = targets(bench.rows)
     if args.write_results:
-        write_results(args.results_file, body)
+        volume.write_section(args.results_file, SECTION, body)
         print(f"results written to {args.results_file}")
     return 0 if all(v == "PASS" for v in verdicts) else 1
 

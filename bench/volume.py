@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -531,3 +532,23 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+RESULTS_HEADER = "# blockvault benchmark results\n"
+
+
+def write_section(path: Path, heading: str, body: str, *, header: str = RESULTS_HEADER) -> None:
+    """Put ``body`` under ``heading`` in ``path``: replace that section, else append it.
+
+    The file is read right before it is written: every bench keeps sections of its own
+    there. ``header`` starts a file that does not exist yet.
+    """
+    text = path.read_text() if path.exists() else header
+    section = f"{heading}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section + "\n", text, count=1).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
