@@ -270,8 +270,10 @@ class _Job:
     phase: str = ""
 
     def add_log(self, line: str) -> None:
+        """Log ``line``; the view shows it at once (the caller holds the queue's lock)."""
         self.log.append(line)
         self.log_total += 1
+        self.view = replace(self.view, log=tuple(self.log), log_total=self.log_total)
 
 
 class JobSource(Protocol):
@@ -357,14 +359,12 @@ class JobQueue:
             if not view.state.finished:
                 job.add_log(f"{_clock()} interrupted: the process running it stopped")
                 job.view = replace(
-                    view,
+                    job.view,
                     state=JobState.INTERRUPTED,
                     ended=time.time(),
                     error="interrupted: the agent stopped while it ran; rerun it "
                     "(what a backup stored is reused)",
                     return_code=int(ReturnCode.FAILED),
-                    log=tuple(job.log),
-                    log_total=job.log_total,
                 )
                 self._store.save(job.view)
             self._jobs[view.id] = job
@@ -398,7 +398,6 @@ class JobQueue:
             if self._closed.is_set():  # closed while the device was being resolved
                 raise BlockvaultError("the job queue is closed; no job was queued")
             self._jobs[job_id] = job
-            job.view = replace(job.view, log=tuple(job.log), log_total=job.log_total)
         self._notify(job_id)
         self._start_ready()
         return job_id
@@ -414,9 +413,7 @@ class JobQueue:
                 self._end(job, JobState.CANCELLED, error="cancelled before it started")
             else:
                 job.add_log(f"{_clock()} cancel requested")
-                job.view = replace(
-                    job.view, state=JobState.CANCELLING, log=tuple(job.log), log_total=job.log_total
-                )
+                job.view = replace(job.view, state=JobState.CANCELLING)
         self._notify(job_id)
         self._start_ready()
         return True
@@ -438,7 +435,6 @@ class JobQueue:
         with self._lock:
             new = self._jobs[new_id]
             new.add_log(f"{_clock()} rerun of job {job_id}")
-            new.view = replace(new.view, log=tuple(new.log), log_total=new.log_total)
         self._notify(new_id)
         return new_id
 
@@ -500,8 +496,6 @@ class JobQueue:
                         job.view,
                         state=JobState.RUNNING,
                         started=time.time(),
-                        log=tuple(job.log),
-                        log_total=job.log_total,
                     )
                     job.last_sample = time.monotonic()
                     to_start.append(job)
@@ -550,9 +544,7 @@ class JobQueue:
                 if p.phase != job.phase:
                     job.phase = p.phase
                     job.add_log(f"{_clock()} {p.phase}")
-                job.view = replace(
-                    job.view, progress=p, log=tuple(job.log), log_total=job.log_total
-                )
+                job.view = replace(job.view, progress=p)
                 if io is not None:
                     self._sample_locked(job, now, io)
             self._notify(job.view.id)
@@ -658,8 +650,6 @@ class JobQueue:
             report=report,
             return_code=rc,
             error=error,
-            log=tuple(job.log),
-            log_total=job.log_total,
             samples=tuple(job.samples),
         )
 
