@@ -49,8 +49,8 @@ from run import drop_caches, machine_line  # noqa: E402  bench/run.py
 
 from core.engine.backup import BackupOptions, backup_image  # noqa: E402
 from core.increments.backup import backup_increment  # noqa: E402
-from core.increments.manifest import encode_file_manifest  # noqa: E402
 from core.increments.scan import DEFAULT_WORKERS, gc_paused, scan_tree  # noqa: E402
+from core.repo.filemanifest import encode_file_manifest  # noqa: E402
 from core.repo.repository import Repository  # noqa: E402
 from core.snapshots import ImageType  # noqa: E402
 
@@ -407,7 +407,7 @@ def report(bench: ScanBench, command: str) -> str:
             "scan, previous manifest decoded, scan (median of its own timing: "
             f"{inner['cold']:.2f} s cold, {inner['warm']:.2f} s warm), comparison, new manifest "
             "encoded and written durably. Of the rest, the file manifest's codec "
-            f"(`core/increments/manifest.py`, {codec.get('size', 0) / 1e6:.1f} MB for these "
+            f"(`core/repo/filemanifest.py`, {codec.get('size', 0) / 1e6:.1f} MB for these "
             f"entries) takes {codec.get('decode', 0):.2f} s to decode and "
             f"{codec.get('encode', 0):.2f} s to encode, warm. CPU s: user + system of the "
             "process (find: of the child).",

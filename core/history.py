@@ -14,8 +14,8 @@ from datetime import datetime
 from core.devices import DeviceTree, scan
 from core.errors import TargetError
 from core.increments.chain import RestorePoint, choose_point
-from core.increments.manifest import FileManifest
 from core.repo.catalog import CatalogEntry, catalog, matches, target_names, volume_matches
+from core.repo.filemanifest import FileManifest
 from core.repo.repository import Repository
 from core.targets import resolve
 

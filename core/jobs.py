@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
-from core.engine.events import Cancelled, Progress
 from core.errors import BlockvaultError
 from core.findings import Finding, ReturnCode, Severity, finding_from_dict
+from core.progress import Cancelled, Progress
 
 log = logging.getLogger(__name__)
 

@@ -34,16 +34,16 @@ from textual.pilot import Pilot
 
 from core import findings as F
 from core.devices import BlockDevice, DeviceKind, DeviceTree, Extent, LoopInfo
-from core.engine.events import Progress
 from core.engine.restore import RestorePlan
 from core.findings import Finding, Severity
 from core.history import VolumeHistory
-from core.increments.manifest import FileManifest
 from core.jobs import SAMPLE_EVERY, BackupSpec, JobSpec, JobState, JobView, Sample
 from core.labels import ByteRange, DiskLabel, LabelKind, LabelPartition, extent_findings
 from core.mounts import Mount
 from core.preflight import VolumeCheck
+from core.progress import Progress
 from core.repo.catalog import CatalogEntry, target_names, volume_matches
+from core.repo.filemanifest import FileManifest
 from core.repo.format import ImageManifest
 from core.signatures import FsType, Signature
 from core.targets import Volume

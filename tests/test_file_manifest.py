@@ -7,7 +7,7 @@ import json
 import pytest
 import zstandard
 
-from core.increments.manifest import (
+from core.repo.filemanifest import (
     MANIFEST_MAGIC,
     FileEntry,
     FileManifest,

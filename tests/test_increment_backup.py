@@ -22,7 +22,6 @@ from cliutil import ROOT
 from imagekit import tree_digest
 
 from core.engine.backup import BackupOptions, backup_image
-from core.engine.events import Cancelled, Progress
 from core.engine.restore import restore_image
 from core.increments.backup import (
     IncrementReport,
@@ -30,9 +29,10 @@ from core.increments.backup import (
     VolumeNotMounted,
     backup_increment,
 )
-from core.increments.manifest import FILE_CHUNK, FileManifest, entries_sorted
 from core.increments.replay import replay
 from core.increments.scan import scan_tree
+from core.progress import Cancelled, Progress
+from core.repo.filemanifest import FILE_CHUNK, FileManifest, entries_sorted
 from core.repo.format import ZERO_ID
 from core.repo.repository import Repository
 from core.snapshots import ImageType

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from core.engine.events import Progress
 from core.errors import BlockvaultError
 from core.findings import blocker, warning
 from core.jobs import (
@@ -19,6 +18,7 @@ from core.jobs import (
     view_from_dict,
     view_to_dict,
 )
+from core.progress import Progress
 
 
 def through_json(view: JobView, **kw) -> JobView:

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from core.engine import events
-from core.engine.events import Cancelled, Progress
-from core.increments.manifest import FILE_CHUNK, FileEntry, FileManifest
+from core import progress
 from core.increments.replay import (
     TEMP_PREFIX,
     HostileManifest,
@@ -27,6 +25,8 @@ from core.increments.replay import (
     ReplayError,
     replay,
 )
+from core.progress import Cancelled, Progress
+from core.repo.filemanifest import FILE_CHUNK, FileEntry, FileManifest
 from core.repo.format import ZERO_ID, chunk_digest, encode_chunk
 from core.repo.repository import Repository
 
@@ -521,7 +521,7 @@ def test_damaged_chunk_stops_the_replay_naming_path_and_chunk(root, repo, damage
 
 
 def test_cancel_stops_the_replay_and_a_second_run_finishes_it(root, repo, monkeypatch):
-    monkeypatch.setattr(events, "EMIT_EVERY", 0.0)  # every step reports, so the cancel lands
+    monkeypatch.setattr(progress, "EMIT_EVERY", 0.0)  # every step reports, so the cancel lands
     rng = random.Random(3)
     files = {f"f{i:02d}.bin": rng.randbytes(2 * FILE_CHUNK) for i in range(8)}
     m = manifest(d("."), *(f(repo, n, data) for n, data in files.items()))

@@ -23,10 +23,10 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from core.agent.client import AgentClient
-    from core.engine.events import Progress
     from core.engine.restore import RestorePlan
     from core.increments.chain import RestorePoint
     from core.jobs import BackupSpec, JobSpec, JobView
+    from core.progress import Progress
 
 # Each command imports the engine it drives when it runs (not at start-up): a
 # scripted backup pays only for the code it uses.

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from core.devices import DeviceTree, devices_signature, scan
 from core.engine.restore import RestorePlan, plan_restore
 from core.history import VolumeHistory, volume_history
-from core.increments.manifest import FileManifest
 from core.jobs import JobQueue
 from core.preflight import VolumeCheck, check_volume
 from core.repo.catalog import CatalogEntry, catalog
+from core.repo.filemanifest import FileManifest
 from core.repo.repository import Repository
 
 

@@ -21,15 +21,16 @@ from typing import Any
 from core import findings as F
 from core.bytesource import FileSource, SliceSource
 from core.devices import DeviceTree, scan
-from core.engine.events import JobReport, Meter, ProgressFn
 from core.engine.reader import ChunkReader
 from core.errors import BlockvaultError
 from core.findings import Finding, Severity
 from core.labels import read_label
 from core.preflight import check_resolved
+from core.progress import Meter, ProgressFn
 from core.repo.catalog import catalog, volume_key
 from core.repo.format import ZERO_ID, ImageManifest, chunk_digest, encode_chunk
 from core.repo.repository import Repository, now_iso
+from core.report import JobReport
 from core.signatures import probe
 from core.snapshots import ImageType, ReadView, consistent_view, recover_interrupted
 from core.targets import Volume, resolve

@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from core import findings as F
 from core.bytesource import FileSource
 from core.devices import BlockDevice, DeviceTree, scan
-from core.engine.events import Cancelled, JobReport, Meter, ProgressFn
 from core.engine.reader import ChunkReader
 from core.errors import BlockvaultError
 from core.findings import Finding, Severity
 from core.labels import read_label
 from core.mounts import processes_using, read_active_swaps
 from core.preflight import container_label, container_label_findings
+from core.progress import Cancelled, Meter, ProgressFn
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_digest
 from core.repo.repository import Repository
+from core.report import JobReport
 from core.targets import TargetCodeError, resolve
 from core.units import human_size
 

@@ -2,7 +2,7 @@
 
 The guide's incremental-by-date sends files whose date changed since the last image
 and knows nothing of deletions or permission changes. Here every increment lists the
-whole file system (:mod:`core.increments.manifest`), so a replay can delete, chmod
+whole file system (:mod:`core.repo.filemanifest`), so a replay can delete, chmod
 and chown; only content that is not in the repository yet is sent.
 
 An increment builds on a full image of the same volume (the guide's rule), and on
@@ -40,10 +40,13 @@ from typing import Any
 
 from core import findings as F
 from core.devices import DeviceTree, scan
-from core.engine.events import JobReport, Meter, ProgressFn
 from core.errors import BlockvaultError
 from core.findings import Finding, ReturnCode
-from core.increments.manifest import (
+from core.increments.scan import ScanResult, scan_tree
+from core.mounts import Mount
+from core.progress import Meter, ProgressFn
+from core.repo.catalog import catalog, volume_key
+from core.repo.filemanifest import (
     ENTRY_FIELDS,
     FILE_CHUNK,
     FileEntry,
@@ -51,11 +54,9 @@ from core.increments.manifest import (
     entries_sorted,
     gc_paused,
 )
-from core.increments.scan import ScanResult, scan_tree
-from core.mounts import Mount
-from core.repo.catalog import catalog, volume_key
 from core.repo.format import ZERO_ID, chunk_digest, encode_chunk
 from core.repo.repository import Repository, now_iso
+from core.report import JobReport
 from core.targets import Volume, resolve
 
 MAX_NAMED = 3

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 
 from core.errors import BlockvaultError
-from core.increments.manifest import FileEntry, FileManifest
 from core.repo.catalog import CatalogEntry
+from core.repo.filemanifest import FileEntry, FileManifest
 
 
 class NothingAtThatTime(BlockvaultError):

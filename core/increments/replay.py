@@ -28,13 +28,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from core import findings as F
-from core.engine.events import Cancelled, JobReport, Meter, ProgressFn
 from core.errors import BlockvaultError
 from core.findings import Finding
-from core.increments.manifest import FILE_CHUNK, KINDS, FileEntry, FileManifest, entries_sorted
+from core.progress import Cancelled, Meter, ProgressFn
+from core.repo.filemanifest import FILE_CHUNK, KINDS, FileEntry, FileManifest, entries_sorted
 from core.repo.format import ID_BYTES, ZERO_ID, DamagedObject
 from core.repo.repository import Repository
 from core.repo.store import ObjectMissing
+from core.report import JobReport
 
 LOST_FOUND = "lost+found"
 """Kept at the root even when the manifest does not list it: fsck needs it there."""

@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from core.engine.events import ProgressFn
 from core.engine.restore import RestoreReport, restore_image
 from core.errors import BlockvaultError
 from core.findings import ReturnCode
 from core.increments.chain import RestorePoint
 from core.increments.replay import ReplayReport, replay
+from core.progress import ProgressFn
 from core.repo.repository import Repository
 
 MOUNT_BASE = "/run/blockvault"

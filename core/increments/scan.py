@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
 
-from core.engine.events import Cancelled
-from core.increments.manifest import FAST_ENTRIES, FileEntry, gc_paused
 from core.mounts import read_mounts
+from core.progress import Cancelled
+from core.repo.filemanifest import FAST_ENTRIES, FileEntry, gc_paused
 
 _KIND_OF = {
     stat.S_IFREG: "f",
@@ -69,7 +69,7 @@ class ScanResult:
     """What :func:`scan_tree` saw."""
 
     entries: list[FileEntry]
-    """Every entry, parents first (the order of :func:`~core.increments.manifest.entries_sorted`);
+    """Every entry, parents first (the order of :func:`~core.repo.filemanifest.entries_sorted`);
     ``chunks`` are empty; ``link`` names the first path of a hard-linked inode."""
     device: int
     """``st_dev`` of the root: the file system the walk stayed on."""
@@ -80,7 +80,7 @@ class ScanResult:
 
 _object_new = object.__new__
 _object_setattr = object.__setattr__
-_FAST_ENTRIES = FAST_ENTRIES  # see core.increments.manifest
+_FAST_ENTRIES = FAST_ENTRIES  # see core.repo.filemanifest
 
 
 def _entry_of(path: str, st: os.stat_result, kind: str) -> FileEntry:

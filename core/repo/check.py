@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core import findings as F
-from core.engine.events import Meter, ProgressFn
 from core.errors import BlockvaultError
 from core.findings import Finding, ReturnCode
+from core.progress import Meter, ProgressFn
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, decode_chunk
 from core.repo.repository import Repository
 from core.repo.store import ObjectMissing

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from core.increments.manifest import (
+from core.repo.filemanifest import (
     FileManifest,
     decode_file_manifest,
     encode_file_manifest,

@@ -28,8 +28,8 @@ from core.errors import BlockvaultError
 from core.findings import Severity
 from core.history import VolumeHistory
 from core.increments.chain import RestorePoint
-from core.increments.manifest import FileManifest
 from core.jobs import RestoreSpec
+from core.repo.filemanifest import FileManifest
 from tui.format import badges, findings_table, human_size
 from tui.services import Catalog, CoreServices
 from tui.widgets.toggles import MarkedCheckbox

@@ -1,7 +1,9 @@
-"""Progress events the engine emits, and the meter that throttles them.
+"""Progress, cancellation and the meter that throttles progress events.
 
-A UI, the command line and the JSON report all read the same events; the
-meter coalesces ticks so that a fast pipeline never floods a slow consumer.
+Every long-running piece of core (image backup and restore, increments, replay,
+repository checks) reports through these, and a UI, the command line and the JSON
+report all read the same events; the meter coalesces ticks so that a fast pipeline
+never floods a slow consumer.
 """
 
 from __future__ import annotations
@@ -11,11 +13,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from core import findings as F
 from core.errors import BlockvaultError
-from core.findings import Finding, ReturnCode
 
 
 class Cancelled(BlockvaultError):
@@ -38,29 +37,6 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
-
-
-class JobReport:
-    """What every job report shares: its findings, duration and TSM return code.
-
-    Mixed into the backup and restore report dataclasses (which declare the fields).
-    """
-
-    findings: list[Finding]
-    duration: float
-
-    @property
-    def return_code(self) -> ReturnCode:
-        """0, or 8 when the job finished with warnings."""
-        return F.return_code(self.findings)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON report: every field, findings as dicts, the return code."""
-        d = {k: v for k, v in self.__dict__.items() if k != "findings"}
-        d["findings"] = [f.to_dict() for f in self.findings]
-        d["duration"] = round(self.duration, 3)
-        d["return_code"] = int(self.return_code)
-        return d
 
 
 RATE_WINDOW = 3.0
