@@ -60,6 +60,24 @@ def _listing(items: Sequence[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+def describe_processes(uses: Sequence[ProcessUse]) -> str:
+    """Return ``pid 42 (python) has open for writing /mnt/x/log (+2 more), ...`` for ``uses``.
+
+    One phrase per process (``(+2 more)``: its other files), so a process with many
+    files cannot hide the others; at most MAX_NAMED are named. A refused static backup
+    names its writers with the same words.
+    """
+    by_pid: dict[int, list[ProcessUse]] = {}
+    for u in uses:
+        by_pid.setdefault(u.pid, []).append(u)
+    return _listing(
+        [
+            group[0].describe() + (f" (+{len(group) - 1} more)" if len(group) > 1 else "")
+            for group in by_pid.values()
+        ]
+    )
+
+
 def fstab_device(entry: FstabEntry, tree: DeviceTree) -> BlockDevice | None:
     """Return the device an fstab line names (``UUID=``, ``LABEL=`` or a path), if present."""
     spec = entry.spec
@@ -217,18 +235,10 @@ def _process_findings(uses: Sequence[ProcessUse], dev: BlockDevice) -> list[Find
         by_code.setdefault(groups[u.how][0], []).append(u)
     for code, group in by_code.items():
         advice = next(text for c, text in groups.values() if c == code)
-        # One phrase per process, so a process with many files cannot hide the others.
-        by_pid: dict[int, list[ProcessUse]] = {}
-        for u in group:
-            by_pid.setdefault(u.pid, []).append(u)
-        phrases = [
-            uses[0].describe() + (f" (+{len(uses) - 1} more)" if len(uses) > 1 else "")
-            for uses in by_pid.values()
-        ]
         out.append(
             F.warning(
                 code,
-                _listing(phrases) + f"; {advice}",
+                describe_processes(group) + f"; {advice}",
                 processes=[
                     {"pid": u.pid, "name": u.name, "how": u.how, "path": u.path} for u in group
                 ],

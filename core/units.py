@@ -13,3 +13,25 @@ def human_size(n: int) -> str:
             return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Return the bytes of ``32K``, ``4M``, ``1G``, ``2T`` or a plain number of bytes.
+
+    Raises:
+        ValueError: not a size, or a negative one (the message says what to write).
+    """
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if t and t[-1] in _SIZE_UNITS:
+            value = int(float(t[:-1]) * _SIZE_UNITS[t[-1]])
+        else:
+            value = int(t)
+    except (ValueError, OverflowError):  # OverflowError: "infk"
+        raise ValueError(f"bad size {text!r}: use e.g. 32K, 4M or bytes") from None
+    if value < 0:
+        raise ValueError(f"bad size {text!r}: a size cannot be negative")
+    return value

@@ -547,9 +547,9 @@ def test_a_dead_agents_socket_is_replaced_and_a_clean_stop_exits_0(agents):
     assert not agent.socket.exists()
 
 
-def test_start_agent_runs_blockvault_agent_in_its_own_session_in_the_root_directory(agents):
-    agent = agents.start(cli=True)  # the console's way: this interpreter's 'blockvault agent'
-    assert agent.proc is not None and agent.proc.args[2:4] == ["tui.cli", "agent"]
+def test_start_agent_runs_the_agent_in_its_own_session_in_the_root_directory(agents):
+    agent = agents.start(cli=True)  # the console's way: this interpreter's agent module
+    assert agent.proc is not None and agent.proc.args[2:4] == ["core.agent.server", "--socket"]
     assert agents.client(agent).health()["pid"] == agent.pid
     assert os.getsid(agent.pid) == agent.pid  # a new session: an SSH hang-up does not reach it
     assert os.readlink(f"/proc/{agent.pid}/cwd") == "/"  # it keeps no mount point busy

@@ -70,8 +70,8 @@ def test_ext4_round_trip_gives_identical_files(loopkit, repo, imagetype):
     (vol.mount_point / "after.txt").write_text("still writable")
     _, restored = restore_and_compare(loopkit, repo, vol, expected)
     if imagetype == "dynamic":
-        assert any(f["code"] == "IMAGE_FUZZY" for f in restored["findings"])
-        assert any(f["code"].startswith("FSCK") for f in restored["findings"])
+        assert any(f["code"] == "IMAGE_FUZZY" for f in restored["image"]["findings"])
+        assert any(f["code"].startswith("FSCK") for f in restored["image"]["findings"])
 
 
 def test_snapshot_round_trip_of_a_loop_volume_on_xfs(loopkit, repo):

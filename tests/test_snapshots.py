@@ -19,7 +19,6 @@ from children import holder
 from cliutil import ROOT
 from loopkit import MKFS, LoopKit, run
 
-from core import snapshots
 from core.devices import DeviceKind, scan
 from core.mounts import Mount, read_mounts
 from core.snapshots import (
@@ -32,7 +31,10 @@ from core.snapshots import (
     UndoError,
     consistent_view,
     default_imagetype,
+    live_mounts,
+    reflink,
     snapshot_provider_for,
+    static,
 )
 from core.targets import Volume, resolve
 
@@ -253,13 +255,13 @@ def test_static_is_refused_when_a_writer_appears_between_check_and_remount(loopk
     """The first writer check is made to miss the holder: the remount then fails with EBUSY."""
     vol = loopkit.volume("32M", "ext4")
     checks: list[int] = []
-    real = snapshots.processes_using
+    real = static.processes_using
 
     def misses_the_first_time(*args, **kwargs):
         checks.append(1)
         return () if len(checks) == 1 else real(*args, **kwargs)
 
-    monkeypatch.setattr(snapshots, "processes_using", misses_the_first_time)
+    monkeypatch.setattr(static, "processes_using", misses_the_first_time)
     with (
         holder(f"f = open({str(vol.mount_point / 'late.log')!r}, 'w')") as p,
         pytest.raises(StaticRefused) as refused,
@@ -343,7 +345,7 @@ def test_static_refuses_the_root_file_system_without_touching_it(monkeypatch):
     def must_not_remount(*args):
         pytest.fail(f"tried to remount {args}")
 
-    monkeypatch.setattr(snapshots, "_remount", must_not_remount)
+    monkeypatch.setattr(static, "remount", must_not_remount)
     with (
         pytest.raises(StaticRefused, match="root file system, which cannot go offline"),
         consistent_view(root, ImageType.STATIC),
@@ -491,7 +493,7 @@ def test_ctrl_c_during_the_freeze_is_held_until_the_thaw(loopkit, monkeypatch):
     inner = inner_volume(loopkit, "xfs")
     mp = inner.mount_point
     assert mp is not None
-    real_clone = snapshots._ficlone
+    real_clone = reflink._ficlone
     cloned: list[bool] = []
 
     def clone_interrupted_by_ctrl_c(src: int, dst: int) -> None:
@@ -499,7 +501,7 @@ def test_ctrl_c_during_the_freeze_is_held_until_the_thaw(loopkit, monkeypatch):
         real_clone(src, dst)
         cloned.append(True)
 
-    monkeypatch.setattr(snapshots, "_ficlone", clone_interrupted_by_ctrl_c)
+    monkeypatch.setattr(reflink, "_ficlone", clone_interrupted_by_ctrl_c)
     with always_thawed(mp):
         with (
             pytest.raises(KeyboardInterrupt),
@@ -521,7 +523,7 @@ def test_clone_that_fails_thaws_and_can_fall_back_to_dynamic(loopkit, monkeypatc
     def clone_not_supported(src: int, dst: int) -> None:
         raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
 
-    monkeypatch.setattr(snapshots, "_ficlone", clone_not_supported)
+    monkeypatch.setattr(reflink, "_ficlone", clone_not_supported)
     vol = volume_of(inner.device)
     with always_thawed(mp):
         with (
@@ -567,12 +569,12 @@ def test_snapshot_never_freezes_the_root_file_system(loopkit, monkeypatch):
     dev = scan().by_path(inner.device)
     assert dev is not None
     as_root = Mount(1, 0, dev.major, dev.minor, "/", "/", ("rw",), "ext4", dev.path, ("rw",))
-    monkeypatch.setattr(snapshots, "read_mounts", lambda: (*read_mounts(), as_root))
+    monkeypatch.setattr(live_mounts, "read_mounts", lambda: (*read_mounts(), as_root))
 
     def must_not_freeze(mount_point: str):
         pytest.fail(f"tried to freeze {mount_point}")
 
-    monkeypatch.setattr(snapshots, "_frozen", must_not_freeze)
+    monkeypatch.setattr(reflink, "_frozen", must_not_freeze)
     vol = Volume(given=inner.device, device=dev)
     assert snapshot_provider_for(vol) is None
     with (

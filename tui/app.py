@@ -520,23 +520,12 @@ def console_services(repo_location: str | None, *, use_agent: bool) -> tuple[Cor
     """
     if not use_agent:
         return CoreServices(repo_location), "jobs run in this console (--no-agent)"
-    from core.agent.client import AgentClient, agent_running, default_socket_path, start_agent
-    from core.repo.repository import default_location
+    from core.agent import agent_for
 
-    path = default_socket_path()
-    try:
-        if not agent_running(path):
-            start_agent(path, repo_location=repo_location)
-        client = AgentClient(path)
-        served = os.path.realpath(str(client.health().get("repo")))
-        if served != os.path.realpath(repo_location or default_location()):
-            client.close()
-            return CoreServices(repo_location), (
-                "jobs run in this console (the agent serves another repository)"
-            )
-    except BlockvaultError as e:
-        return CoreServices(repo_location), f"{e.message}; jobs run in this console"
-    return CoreServices(repo_location, jobs=client), "jobs run in the agent"
+    client, where = agent_for(repo_location, start=True)
+    if client is None:
+        return CoreServices(repo_location), f"jobs run in this console ({where})"
+    return CoreServices(repo_location, jobs=client), where
 
 
 def run_console(

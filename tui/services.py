@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from core.devices import DeviceTree, devices_signature, scan
 from core.engine.restore import RestorePlan, plan_restore
 from core.history import VolumeHistory, volume_history
-from core.jobs import JobQueue
+from core.jobs import JobQueue, Jobs
 from core.preflight import VolumeCheck, check_volume
 from core.repo.catalog import CatalogEntry, catalog
 from core.repo.filemanifest import FileManifest
@@ -32,9 +32,9 @@ class Catalog:
 class CoreServices:
     """Core, in this process, on the repository at ``repo_location`` (None: the default)."""
 
-    def __init__(self, repo_location: str | None = None, jobs: JobQueue | None = None) -> None:
+    def __init__(self, repo_location: str | None = None, jobs: Jobs | None = None) -> None:
         self.repo_location = repo_location
-        self.jobs = jobs if jobs is not None else JobQueue(repo_location)
+        self.jobs: Jobs = jobs if jobs is not None else JobQueue(repo_location)
 
     def scan(self) -> DeviceTree:
         """Return the machine's block devices."""

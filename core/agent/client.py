@@ -26,15 +26,9 @@ from core.agent import default_socket_path
 from core.agent.store import default_db_path
 from core.errors import BlockvaultError
 from core.findings import ReturnCode
-from core.jobs import (
-    MAX_SAMPLES,
-    JobSpec,
-    JobView,
-    Listener,
-    spec_to_dict,
-    view_from_dict,
-    wait_finished,
-)
+from core.jobs.listeners import Listeners
+from core.jobs.model import MAX_SAMPLES, Jobs, JobSpec, JobView, Listener
+from core.jobs.wire import spec_to_dict, view_from_dict
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +90,8 @@ def agent_running(path: str | None = None, timeout: float = 0.5) -> bool:
 def agent_command(
     socket_path: str, *, repo_location: str | None = None, db_path: str | None = None
 ) -> list[str]:
-    """Return the command line that runs ``blockvault agent`` with this interpreter."""
-    cmd = [sys.executable, "-m", "tui.cli", "agent", "--socket", socket_path]
+    """Return the command line that runs the agent with this interpreter."""
+    cmd = [sys.executable, "-m", "core.agent.server", "--socket", socket_path]
     if repo_location:
         cmd += ["--repo", repo_location]
     if db_path:
@@ -126,7 +120,7 @@ def start_agent(
         db_path: its job database (default :func:`core.agent.store.default_db_path`).
         timeout: seconds to wait for the agent to answer.
         command: the command that runs the agent, without its options (default: this
-            interpreter's ``blockvault agent``).
+            interpreter's ``python -m core.agent.server``).
 
     Raises:
         AgentUnavailable: the agent did not answer in time, or exited at once.
@@ -189,7 +183,7 @@ def _last_line(path: str) -> str:
     return lines[-1].strip() if lines else f"no message; see {path}"
 
 
-class AgentClient:
+class AgentClient(Jobs):
     """The agent's job queue, used as if it were a local :class:`core.jobs.JobQueue`.
 
     Once something subscribes, one background thread follows the agent's event
@@ -210,7 +204,7 @@ class AgentClient:
         self._timeout = timeout
         self._http = _http(self.socket_path, timeout)
         self._lock = threading.Lock()
-        self._listeners: list[Listener] = []
+        self._listeners = Listeners()
         self._cache: dict[str, JobView] = {}
         self._synced = threading.Event()
         """Set while the cache holds every job the agent has (reset when the stream drops)."""
@@ -260,19 +254,13 @@ class AgentClient:
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(job_id)`` on every change; return the function that stops it."""
+        unsubscribe = self._listeners.add(listener)
         with self._lock:
-            self._listeners.append(listener)
             if self._follower is None and not self._closed.is_set():
                 self._follower = threading.Thread(
                     target=self._follow, name="agent-events", daemon=True
                 )
                 self._follower.start()
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
         return unsubscribe
 
     def submit(self, spec: JobSpec) -> str:
@@ -322,14 +310,6 @@ class AgentClient:
                 return sorted(self._cache.values(), key=_id_order)
         docs = self._json("GET", "/v1/jobs")["jobs"]
         return [view_from_dict(d) for d in docs]
-
-    def active(self) -> list[JobView]:
-        """Return the jobs not yet finished."""
-        return [v for v in self.views() if not v.state.finished]
-
-    def wait(self, job_id: str, timeout: float | None = None) -> JobView:
-        """Block until job ``job_id`` finished (or ``timeout``); return its view."""
-        return wait_finished(self, job_id, timeout)
 
     def close(self) -> None:
         """Disconnect from the agent; its jobs keep running."""
@@ -410,12 +390,7 @@ class AgentClient:
                 return burst
         with self._lock:
             self._cache[job_id] = merged
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener(job_id)
-            except Exception:  # a broken listener must not stop the others
-                log.exception("job listener failed")
+        self._listeners.notify(job_id)
         return burst
 
 

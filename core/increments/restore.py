@@ -96,17 +96,28 @@ def restore_with_increments(
     delete: bool,
     preserve_label: bool = False,
     verify: bool = False,
+    to_file: bool = False,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
     expected: tuple[object, ...] | None = None,
 ) -> IncrementalRestoreReport:
-    """Restore ``point.image`` onto ``dest`` (guards, confirmation), then replay its increment."""
+    """Restore ``point.image`` onto ``dest`` (guards, confirmation), then replay its increment.
+
+    With ``to_file`` the image is written into the regular file ``dest``; increments
+    are replayed onto a mounted volume only, so a point with an increment is refused.
+    """
+    if to_file and point.increment is not None:
+        raise BlockvaultError(
+            "--incremental replays files onto a mounted volume: give a device DEST; "
+            "nothing was written"
+        )
     image = point.image.manifest
     restored = restore_image(
         image,
         dest,
         repo,
         confirm=confirm,
+        to_file=to_file,
         preserve_label=preserve_label,
         verify=verify,
         progress=progress,

@@ -17,8 +17,8 @@ from textual.widgets import Button, Checkbox, Input, Label, RadioSet, Static
 from core.findings import Severity
 from core.jobs import BackupSpec
 from core.preflight import VolumeCheck
+from core.units import parse_size
 from tui.format import findings_table
-from tui.image_commands import parse_size
 from tui.services import CoreServices
 from tui.widgets.toggles import MarkedCheckbox, MarkedRadioButton
 

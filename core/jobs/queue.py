@@ -1,10 +1,10 @@
-"""The job queue: backups, increments and restores run in threads and are watched as views.
+"""The job queue: backups, increments and restores run in threads of this process.
 
-The console (and later the agent) submits a job spec, then reads immutable
-:class:`JobView` snapshots whenever a listener is told a job changed. Jobs run one
-per volume at a time and at most ``max_running`` at once; a sampler records each
-running job's throughput and its device's read/write rates twice a second, so a
-graph can be drawn for the whole job.
+The console (or the agent) submits a job spec, then reads immutable :class:`JobView`
+snapshots whenever a listener is told a job changed. Jobs run one per volume at a
+time and at most ``max_running`` at once, each through :func:`core.jobs.runner.run_job`;
+a sampler records each running job's throughput and its device's read/write rates
+twice a second, so a graph can be drawn for the whole job.
 """
 
 from __future__ import annotations
@@ -15,230 +15,34 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from enum import StrEnum
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.errors import BlockvaultError
-from core.findings import Finding, ReturnCode, Severity, finding_from_dict
+from core.findings import ReturnCode, Severity
+from core.jobs.listeners import Listeners
+from core.jobs.model import (
+    MAX_LOG,
+    MAX_SAMPLES,
+    SAMPLE_EVERY,
+    Jobs,
+    JobSpec,
+    JobState,
+    JobView,
+    Listener,
+    Sample,
+)
+from core.jobs.runner import run_job
 from core.progress import Cancelled, Progress
+
+if TYPE_CHECKING:
+    from core.repo.repository import Repository
 
 log = logging.getLogger(__name__)
 
-SAMPLE_EVERY = 0.5
-MAX_SAMPLES = 7200
-"""Two hours at two samples a second; older samples are dropped first."""
-MAX_LOG = 500
 SAVE_EVERY = 1.0
 """Seconds between saves of changed jobs to the store (an ended job is saved at once)."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One point of a job's throughput graph."""
-
-    t: float
-    """Seconds since the job started."""
-    rate: float
-    """The job's own bytes per second."""
-    dev_read: float
-    """The job's device: bytes read per second (all readers, from /proc/diskstats)."""
-    dev_write: float
-    """The job's device: bytes written per second."""
-
-
-class JobState(StrEnum):
-    """Where a job is in its life."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    CANCELLING = "cancelling"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    INTERRUPTED = "interrupted"
-    """The process running it died (the agent was killed, the machine rebooted)."""
-
-    @property
-    def finished(self) -> bool:
-        """True once the job can change no more."""
-        return self in (JobState.DONE, JobState.FAILED, JobState.CANCELLED, JobState.INTERRUPTED)
-
-
-@dataclass(frozen=True)
-class BackupSpec:
-    """An image backup (``mode`` full) or a file-level increment of ``target``."""
-
-    target: str
-    mode: str = "full"
-    """``full`` (an image) or ``incremental`` (a file-level increment)."""
-    imagetype: str | None = None
-    """``static``, ``snapshot`` or ``dynamic``; None: snapshot where a provider applies."""
-    fallback_dynamic: bool = False
-    snapshot_cache_pct: int = 10
-    gap_size: int | None = None
-    compare_content: bool = False
-
-    @property
-    def title(self) -> str:
-        """One line naming the job."""
-        if self.mode == "incremental":
-            return f"increment {self.target}"
-        return f"image {self.target} ({self.imagetype or 'auto'})"
-
-    @property
-    def volume(self) -> str:
-        """The device or mount point the job works on."""
-        return self.target
-
-
-@dataclass(frozen=True)
-class RestoreSpec:
-    """A restore of image ``image_id`` onto ``dest``, with the typed confirmation."""
-
-    image_id: str
-    dest: str
-    confirm: str
-    """The destination's name as the user typed it: it must name ``dest`` exactly."""
-    expected: tuple[object, ...] | None = None
-    """The destination's identity when it was shown (``RestorePlan.identity``)."""
-    increment_id: str | None = None
-    """Replay this increment after the image (``--incremental``)."""
-    deletefiles: bool = False
-    preserve_label: bool = False
-    verify: bool = False
-
-    @property
-    def title(self) -> str:
-        """One line naming the job."""
-        extra = " + increment" if self.increment_id else ""
-        return f"restore → {self.dest}{extra}"
-
-    @property
-    def volume(self) -> str:
-        """The device the job writes."""
-        return self.dest
-
-
-JobSpec = BackupSpec | RestoreSpec
-
-
-@dataclass(frozen=True)
-class JobView:
-    """What a job is now: an immutable snapshot for a UI to render."""
-
-    id: str
-    spec: JobSpec
-    state: JobState
-    submitted: float
-    """Wall-clock time (``time.time()``) the job was queued."""
-    started: float | None = None
-    ended: float | None = None
-    device: str | None = None
-    """The block device whose read/write rates are sampled (None: not known or a file)."""
-    progress: Progress | None = None
-    samples: tuple[Sample, ...] = ()
-    report: dict[str, Any] | None = None
-    """The job's JSON report once it finished."""
-    return_code: int | None = None
-    error: str | None = None
-    findings: tuple[Finding, ...] = ()
-    log: tuple[str, ...] = ()
-    """The newest log lines (at most 500)."""
-    log_total: int = 0
-    """Lines logged since the job was queued: a viewer's count of lines already shown."""
-
-    @property
-    def title(self) -> str:
-        """One line naming the job."""
-        return self.spec.title
-
-    @property
-    def fraction(self) -> float:
-        """Work done, 0.0 to 1.0 (1.0 once the job is done)."""
-        if self.state is JobState.DONE:
-            return 1.0
-        p = self.progress
-        return min(1.0, p.done / p.total) if p and p.total else 0.0
-
-
-# --- the wire format: what the agent stores and sends ----------------------------------------
-
-
-def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
-    """Return ``spec`` as JSON-ready data with its ``kind``."""
-    kind = "backup" if isinstance(spec, BackupSpec) else "restore"
-    return {"kind": kind, **asdict(spec)}
-
-
-def _tuples(value: Any) -> Any:
-    """Return JSON lists as tuples, recursively (identities compare as tuples)."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def spec_from_dict(d: Mapping[str, Any]) -> JobSpec:
-    """Return the spec ``spec_to_dict`` wrote; BlockvaultError on anything else."""
-    fields = {k: v for k, v in d.items() if k != "kind"}
-    try:
-        if d.get("kind") == "backup":
-            return BackupSpec(**fields)
-        if d.get("kind") == "restore":
-            expected = fields.get("expected")
-            fields["expected"] = _tuples(expected) if expected is not None else None
-            return RestoreSpec(**fields)
-    except TypeError as e:
-        raise BlockvaultError(f"bad job spec: {e}; send a backup's or a restore's fields") from None
-    raise BlockvaultError("bad job spec: 'kind' must be 'backup' or 'restore'")
-
-
-def _progress_to_dict(p: Progress) -> dict[str, Any]:
-    return {**asdict(p), "counters": dict(p.counters)}
-
-
-def view_to_dict(view: JobView, *, samples: bool = True) -> dict[str, Any]:
-    """Return ``view`` as JSON-ready data; without ``samples`` only the newest one is kept."""
-    kept = view.samples if samples else view.samples[-1:]
-    return {
-        "id": view.id,
-        "spec": spec_to_dict(view.spec),
-        "state": view.state.value,
-        "submitted": view.submitted,
-        "started": view.started,
-        "ended": view.ended,
-        "device": view.device,
-        "progress": _progress_to_dict(view.progress) if view.progress else None,
-        "samples": [[s.t, s.rate, s.dev_read, s.dev_write] for s in kept],
-        "samples_total": len(view.samples),
-        "report": view.report,
-        "return_code": view.return_code,
-        "error": view.error,
-        "findings": [f.to_dict() for f in view.findings],
-        "log": list(view.log),
-        "log_total": view.log_total,
-    }
-
-
-def view_from_dict(d: Mapping[str, Any]) -> JobView:
-    """Return the view ``view_to_dict`` wrote."""
-    p = d.get("progress")
-    return JobView(
-        id=str(d["id"]),
-        spec=spec_from_dict(d["spec"]),
-        state=JobState(d["state"]),
-        submitted=float(d["submitted"]),
-        started=d.get("started"),
-        ended=d.get("ended"),
-        device=d.get("device"),
-        progress=Progress(**{**p, "counters": dict(p.get("counters") or {})}) if p else None,
-        samples=tuple(Sample(*row) for row in d.get("samples") or ()),
-        report=d.get("report"),
-        return_code=d.get("return_code"),
-        error=d.get("error"),
-        findings=tuple(finding_from_dict(f) for f in d.get("findings") or ()),
-        log=tuple(d.get("log") or ()),
-        log_total=int(d.get("log_total") or 0),
-    )
 
 
 class JobStore(Protocol):
@@ -251,10 +55,6 @@ class JobStore(Protocol):
     def save(self, view: JobView) -> None:
         """Store ``view`` (insert or replace by id)."""
         ...
-
-
-Listener = Callable[[str], None]
-"""Called with a job id whenever that job changed (from any thread)."""
 
 
 @dataclass
@@ -276,41 +76,8 @@ class _Job:
         self.view = replace(self.view, log=tuple(self.log), log_total=self.log_total)
 
 
-class JobSource(Protocol):
-    """What :func:`wait_finished` needs: the queue itself, or a client of the agent's."""
-
-    def subscribe(self, listener: Listener) -> Callable[[], None]: ...
-
-    def view(self, job_id: str) -> JobView: ...
-
-
-def wait_finished(source: JobSource, job_id: str, timeout: float | None = None) -> JobView:
-    """Block until job ``job_id`` of ``source`` finished (or ``timeout``); return its view.
-
-    Woken by the job's own changes; a half-second check covers a change that came
-    between the subscription and the first look.
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    done = threading.Event()
-
-    def check(changed: str) -> None:
-        if changed == job_id and source.view(job_id).state.finished:
-            done.set()
-
-    stop = source.subscribe(check)
-    try:
-        while not source.view(job_id).state.finished:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            done.wait(0.5 if left is None else min(0.5, left))
-    finally:
-        stop()
-    return source.view(job_id)
-
-
-class JobQueue:
-    """Runs jobs in threads; every change is told to listeners as a job id.
+class JobQueue(Jobs):
+    """Runs jobs in threads of this process; every change is told to listeners as a job id.
 
     Args:
         repo_location: the repository every job uses (None: the default location).
@@ -335,7 +102,7 @@ class JobQueue:
         self._lock = threading.Lock()
         self._repo_lock = threading.Lock()
         """Held while a job opens the repository: two first jobs must not both create it."""
-        self._listeners: list[Listener] = []
+        self._listeners = Listeners()
         self._closed = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ids = itertools.count(self._load() + 1)
@@ -375,15 +142,7 @@ class JobQueue:
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(job_id)`` on every change; return the function that stops it."""
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.add(listener)
 
     def submit(self, spec: JobSpec) -> str:
         """Queue ``spec``; return the job's id. It starts once its volume and a slot are free."""
@@ -448,14 +207,6 @@ class JobQueue:
         with self._lock:
             return [j.view for j in self._jobs.values()]
 
-    def active(self) -> list[JobView]:
-        """Return the jobs not yet finished."""
-        return [v for v in self.views() if not v.state.finished]
-
-    def wait(self, job_id: str, timeout: float | None = None) -> JobView:
-        """Block until job ``job_id`` finished (or ``timeout``); return its view."""
-        return wait_finished(self, job_id, timeout)
-
     def close(self, timeout: float = 30.0) -> None:
         """Cancel every job that has not finished and wait for the threads to end."""
         self._closed.set()
@@ -507,9 +258,8 @@ class JobQueue:
             self._notify(job.view.id)
 
     def _run(self, job: _Job) -> None:
-        spec = job.view.spec
         try:
-            report = self._execute(job, spec)
+            report = self._execute(job)
         except Cancelled as e:
             self._finish(job, JobState.CANCELLED, error=e.message)
         except BlockvaultError as e:
@@ -524,7 +274,7 @@ class JobQueue:
                 self._threads.remove(threading.current_thread())
             self._start_ready()
 
-    def _open_repo(self, *, create: bool) -> Any:
+    def _open_repo(self, create: bool) -> Repository:
         """Open the queue's repository, one job at a time.
 
         Creating a repository is not atomic: a second job opening it meanwhile finds a
@@ -535,7 +285,7 @@ class JobQueue:
         with self._repo_lock:
             return Repository.open(self.repo_location, create=create)
 
-    def _execute(self, job: _Job, spec: JobSpec) -> dict[str, Any]:
+    def _execute(self, job: _Job) -> dict[str, Any]:
         def progress(p: Progress) -> None:
             now = time.monotonic()
             # Between the sampler's ticks too, so that a job of a second has a graph.
@@ -549,72 +299,10 @@ class JobQueue:
                     self._sample_locked(job, now, io)
             self._notify(job.view.id)
 
-        cancel = job.cancel
-        if isinstance(spec, BackupSpec):
-            repo = self._open_repo(create=True)
-            if spec.mode == "incremental":
-                from core.increments.backup import backup_increment
-
-                report: Any = backup_increment(
-                    spec.target,
-                    repo,
-                    hash_all=spec.compare_content,
-                    progress=progress,
-                    cancel=cancel,
-                )
-            else:
-                from core.engine.backup import BackupOptions, backup_image
-                from core.snapshots import ImageType
-
-                options = BackupOptions(
-                    imagetype=ImageType(spec.imagetype) if spec.imagetype else None,
-                    fallback_dynamic=spec.fallback_dynamic,
-                    snapshot_cache_pct=spec.snapshot_cache_pct,
-                    **({"gap_size": spec.gap_size} if spec.gap_size is not None else {}),
-                )
-                report = backup_image(spec.target, repo, options, progress=progress, cancel=cancel)
-            return self._result(job, report.to_dict(), report.findings)
-        return self._restore(job, spec, self._open_repo(create=False), progress)
-
-    def _restore(
-        self, job: _Job, spec: RestoreSpec, repo: Any, progress: Callable[[Progress], None]
-    ) -> dict[str, Any]:
-        from core.increments.chain import RestorePoint
-        from core.increments.restore import restore_with_increments
-        from core.repo.catalog import catalog
-
-        entry = next((e for e in catalog(repo) if e.manifest.id == spec.image_id), None)
-        if entry is None:
-            raise BlockvaultError(
-                f"image {spec.image_id} is not in the repository; nothing was written"
-            )
-        increment = None
-        if spec.increment_id is not None:
-            increment = next((m for m in repo.increments() if m.id == spec.increment_id), None)
-            if increment is None:
-                raise BlockvaultError(
-                    f"increment {spec.increment_id} is not in the repository; nothing was written"
-                )
-        # Without an increment this is the image restore alone (no mount, no replay).
-        both = restore_with_increments(
-            RestorePoint(entry, increment),
-            spec.dest,
-            repo,
-            confirm=spec.confirm,
-            delete=spec.deletefiles,
-            preserve_label=spec.preserve_label,
-            verify=spec.verify,
-            progress=progress,
-            cancel=job.cancel,
-            expected=spec.expected,
-        )
-        found = list(both.image.findings) + (list(both.replay.findings) if both.replay else [])
-        return self._result(job, both.to_dict(), found)
-
-    def _result(self, job: _Job, doc: dict[str, Any], found: Sequence[Finding]) -> dict[str, Any]:
+        result = run_job(job.view.spec, self._open_repo, progress=progress, cancel=job.cancel)
         with self._lock:
-            job.view = replace(job.view, findings=tuple(found))
-        return doc
+            job.view = replace(job.view, findings=result.findings)
+        return result.report
 
     def _finish(self, job: _Job, state: JobState, **outcome: Any) -> None:
         """Record the job's end with a last sample, and tell the listeners."""
@@ -725,17 +413,12 @@ class JobQueue:
 
     def _notify(self, job_id: str) -> None:
         with self._lock:
-            listeners = list(self._listeners)
             if self._store is not None:
                 self._unsaved.add(job_id)
                 job = self._jobs.get(job_id)
                 if job is not None and job.view.state.finished:
                     self._save_now.set()  # an ended job is stored at once
-        for listener in listeners:
-            try:
-                listener(job_id)
-            except Exception:  # a broken listener must not stop a backup
-                log.exception("job listener failed")
+        self._listeners.notify(job_id)
 
 
 def _clock() -> str:
