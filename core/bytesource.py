@@ -24,23 +24,39 @@ class ByteSource(Protocol):
         ...
 
 
-class BytesSource:
+class _Bounded:
+    """A source of ``_size`` bytes whose reads are clamped to them, once for every kind."""
+
+    _size: int
+
+    @property
+    def size(self) -> int:
+        """Total size in bytes."""
+        return self._size
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        """Return up to ``length`` bytes at ``offset``; fewer (or none) past the end."""
+        if offset < 0 or length <= 0 or offset >= self._size:
+            return b""
+        return self._read(offset, min(length, self._size - offset))
+
+    def _read(self, offset: int, length: int) -> bytes:
+        """Return the ``length`` bytes at ``offset``, all of which lie inside the source."""
+        raise NotImplementedError
+
+
+class BytesSource(_Bounded):
     """A :class:`ByteSource` over bytes in memory."""
 
     def __init__(self, data: bytes) -> None:
         self._data = bytes(data)
+        self._size = len(self._data)
 
-    @property
-    def size(self) -> int:
-        return len(self._data)
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length <= 0:
-            return b""
+    def _read(self, offset: int, length: int) -> bytes:
         return self._data[offset : offset + length]
 
 
-class FileSource:
+class FileSource(_Bounded):
     """A read-only :class:`ByteSource` over a regular file or block device.
 
     Opened with ``O_RDONLY`` only: reading a label or a superblock never writes.
@@ -56,14 +72,8 @@ class FileSource:
             os.close(self._fd)
             raise
 
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length <= 0 or offset >= self._size:
-            return b""
-        return os.pread(self._fd, min(length, self._size - offset), offset)
+    def _read(self, offset: int, length: int) -> bytes:
+        return os.pread(self._fd, length, offset)
 
     def close(self) -> None:
         """Close the descriptor; safe to call twice."""
@@ -78,7 +88,7 @@ class FileSource:
         self.close()
 
 
-class SliceSource:
+class SliceSource(_Bounded):
     """A :class:`ByteSource` over ``size`` bytes of another source starting at ``offset``.
 
     How a loop slice inside a snapshot clone file is read as a volume of its own.
@@ -89,11 +99,5 @@ class SliceSource:
         self._offset = offset
         self._size = max(0, min(size, base.size - offset))
 
-    @property
-    def size(self) -> int:
-        return self._size
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length <= 0 or offset >= self._size:
-            return b""
-        return self._base.read_at(self._offset + offset, min(length, self._size - offset))
+    def _read(self, offset: int, length: int) -> bytes:
+        return self._base.read_at(self._offset + offset, length)

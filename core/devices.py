@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -281,29 +281,17 @@ def _listdir(path: str) -> tuple[str, ...]:
         return ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Raw:
     """What sysfs says of one device, before the tree is linked."""
 
-    name: str
-    sys: str
-    kind: DeviceKind
-    major: int
-    minor: int
-    size: int
-    sector_size: int
-    read_only: bool
-    removable: bool
-    model: str | None
-    serial: str | None
-    parent: str | None
+    device: BlockDevice
+    """Its sysfs facts; :func:`scan` adds its bytes' signature and label, its mounts,
+    and its place in the tree (``parent``, ``children``, ``extent``)."""
+    disk: str | None
+    """The disk a partition lies on, as sysfs nests it."""
     start: int
-    slaves: tuple[str, ...]
-    holders: tuple[str, ...]
-    loop: LoopInfo | None
-    dm_name: str | None
-    dm_uuid: str | None
-    md_level: str | None
+    """Where a partition starts on that disk, in bytes."""
 
 
 def _scan_sysfs(root: str) -> list[_Raw]:
@@ -315,9 +303,9 @@ def _scan_sysfs(root: str) -> list[_Raw]:
             continue  # unattached loop devices, empty zram, ejected media
         dev = (_read(os.path.join(sys, "dev")) or "0:0").split(":")
         is_partition = os.path.exists(os.path.join(sys, "partition"))
-        parent = None
+        disk = None
         if is_partition:
-            parent = os.path.basename(os.path.dirname(os.path.realpath(sys)))
+            disk = os.path.basename(os.path.dirname(os.path.realpath(sys)))
         queue = (
             os.path.join(os.path.dirname(os.path.realpath(sys)), "queue")
             if is_partition
@@ -348,35 +336,33 @@ def _scan_sysfs(root: str) -> list[_Raw]:
         else:
             kind = DeviceKind.DISK
         device_dir = os.path.join(sys, "device")
-        raws.append(
-            _Raw(
-                name=name,
-                sys=sys,
-                kind=kind,
-                major=int(dev[0]),
-                minor=int(dev[1]),
-                size=size,
-                sector_size=_read_int(os.path.join(queue, "logical_block_size"), 512) or 512,
-                read_only=_read(os.path.join(sys, "ro")) == "1",
-                removable=_read(os.path.join(sys, "removable")) == "1",
-                model=_read(os.path.join(device_dir, "model")) or None,
-                serial=(
-                    _read(os.path.join(sys, "serial"))
-                    or _read(os.path.join(device_dir, "serial"))
-                    or None
-                ),
-                parent=parent,
-                start=_read_int(os.path.join(sys, "start")) * 512,
-                slaves=_listdir(os.path.join(sys, "slaves")),
-                holders=_listdir(os.path.join(sys, "holders")),
-                loop=loop,
-                dm_name=_read(os.path.join(sys, "dm", "name"))
-                if kind in (DeviceKind.DM, DeviceKind.LVM)
-                else None,
-                dm_uuid=dm_uuid,
-                md_level=_read(os.path.join(sys, "md", "level")) if kind is DeviceKind.MD else None,
-            )
+        major, minor = int(dev[0]), int(dev[1])
+        device = BlockDevice(
+            name=name,
+            path=_device_node(name, major, minor),
+            kind=kind,
+            major=major,
+            minor=minor,
+            size=size,
+            sector_size=_read_int(os.path.join(queue, "logical_block_size"), 512) or 512,
+            read_only=_read(os.path.join(sys, "ro")) == "1",
+            removable=_read(os.path.join(sys, "removable")) == "1",
+            model=_read(os.path.join(device_dir, "model")) or None,
+            serial=(
+                _read(os.path.join(sys, "serial"))
+                or _read(os.path.join(device_dir, "serial"))
+                or None
+            ),
+            slaves=_listdir(os.path.join(sys, "slaves")),
+            holders=_listdir(os.path.join(sys, "holders")),
+            loop=loop,
+            dm_name=_read(os.path.join(sys, "dm", "name"))
+            if kind in (DeviceKind.DM, DeviceKind.LVM)
+            else None,
+            dm_uuid=dm_uuid,
+            md_level=_read(os.path.join(sys, "md", "level")) if kind is DeviceKind.MD else None,
         )
+        raws.append(_Raw(device, disk, _read_int(os.path.join(sys, "start")) * 512))
     return raws
 
 
@@ -396,8 +382,8 @@ def _probe_bytes(node: str) -> tuple[Signature | None, DiskLabel | None, str | N
         return None, None, e.strerror or str(e)
 
 
-def _is_whole_file_loop(raw: _Raw) -> bool:
-    return raw.loop is not None and raw.loop.offset == 0 and raw.loop.size_limit == 0
+def _is_whole_file_loop(dev: BlockDevice) -> bool:
+    return dev.loop is not None and dev.loop.offset == 0 and dev.loop.size_limit == 0
 
 
 def devices_signature(sys_class_block: str = SYS_CLASS_BLOCK) -> tuple[object, ...]:
@@ -428,66 +414,51 @@ def scan(
     """
     raws = _scan_sysfs(sys_class_block)
     mounts = read_mounts() if mounts is None else mounts
-    names = {r.name for r in raws}
+    found = [r.device for r in raws]
+    names = {d.name for d in found}
 
     # A loop slice's parent: the loop device that maps the same file whole.
     whole_loop_by_file = {
-        r.loop.backing_file: r.name for r in raws if r.loop and _is_whole_file_loop(r)
+        d.loop.backing_file: d.name for d in found if d.loop and _is_whole_file_loop(d)
     }
-    parents: dict[str, list[str]] = {r.name: [] for r in raws}
+    parents: dict[str, list[str]] = {d.name: [] for d in found}
     extents: dict[str, Extent] = {}
     for r in raws:
-        if r.kind is DeviceKind.PARTITION and r.parent in names:
-            parents[r.name].append(r.parent)
-            extents[r.name] = Extent(f"/dev/{r.parent}", r.start, r.size)
-        elif r.loop and not _is_whole_file_loop(r):
-            disk = whole_loop_by_file.get(r.loop.backing_file)
-            if disk and disk != r.name:
-                parents[r.name].append(disk)
-                extents[r.name] = Extent(f"/dev/{disk}", r.loop.offset, r.size)
-            elif r.loop.backing_file.startswith("/") and os.path.exists(r.loop.backing_file):
-                extents[r.name] = Extent(r.loop.backing_file, r.loop.offset, r.size)
-        parents[r.name].extend(s for s in r.slaves if s in names)
-    children: dict[str, list[str]] = {r.name: [] for r in raws}
+        d = r.device
+        if d.kind is DeviceKind.PARTITION and r.disk in names:
+            parents[d.name].append(r.disk)
+            extents[d.name] = Extent(f"/dev/{r.disk}", r.start, d.size)
+        elif d.loop and not _is_whole_file_loop(d):
+            disk = whole_loop_by_file.get(d.loop.backing_file)
+            if disk and disk != d.name:
+                parents[d.name].append(disk)
+                extents[d.name] = Extent(f"/dev/{disk}", d.loop.offset, d.size)
+            elif d.loop.backing_file.startswith("/") and os.path.exists(d.loop.backing_file):
+                extents[d.name] = Extent(d.loop.backing_file, d.loop.offset, d.size)
+        parents[d.name].extend(s for s in d.slaves if s in names)
+    children: dict[str, list[str]] = {d.name: [] for d in found}
     for name, ps in parents.items():
         for p in ps:
             children[p].append(name)
 
     devices: dict[str, BlockDevice] = {}
-    for r in raws:
-        node = _device_node(r.name, r.major, r.minor)
-        real = os.path.realpath(node)
-        signature, label, error = _probe_bytes(node)
+    for d in found:
+        real = os.path.realpath(d.path)
+        signature, label, error = _probe_bytes(d.path)
         own_mounts = tuple(
             m
             for m in mounts
-            if (m.major, m.minor) == (r.major, r.minor)
+            if (m.major, m.minor) == (d.major, d.minor)
             or (m.source.startswith("/dev/") and os.path.realpath(m.source) == real)
         )
-        devices[r.name] = BlockDevice(
-            name=r.name,
-            path=node,
-            kind=r.kind,
-            major=r.major,
-            minor=r.minor,
-            size=r.size,
-            sector_size=r.sector_size,
-            read_only=r.read_only,
-            removable=r.removable,
-            model=r.model,
-            serial=r.serial,
+        devices[d.name] = replace(
+            d,
             signature=signature,
             label=label,
             mounts=own_mounts,
-            parent=parents[r.name][0] if parents[r.name] else None,
-            slaves=r.slaves,
-            holders=r.holders,
-            children=tuple(sorted(children[r.name], key=_natural_key)),
-            loop=r.loop,
-            extent=extents.get(r.name),
-            dm_name=r.dm_name,
-            dm_uuid=r.dm_uuid,
-            md_level=r.md_level,
+            parent=parents[d.name][0] if parents[d.name] else None,
+            children=tuple(sorted(children[d.name], key=_natural_key)),
+            extent=extents.get(d.name),
             probe_error=error,
         )
     roots = tuple(sorted((n for n, ps in parents.items() if not ps), key=_natural_key))

@@ -14,10 +14,10 @@ from datetime import datetime
 from core.devices import DeviceTree, scan
 from core.errors import TargetError
 from core.increments.chain import RestorePoint, choose_point
-from core.repo.catalog import CatalogEntry, catalog, matches, target_names, volume_matches
+from core.repo.catalog import CatalogEntry, catalog, matches, volume_matches
 from core.repo.filemanifest import FileManifest
 from core.repo.repository import Repository
-from core.targets import resolve
+from core.targets import resolve, target_names
 
 
 @dataclass(frozen=True)

@@ -102,3 +102,26 @@ def resolve(target: str, tree: DeviceTree) -> Volume:
         "TARGET_NOT_BLOCK_DEVICE",
         f"{target} is {kind}, not a block device or mount point{hint}",
     )
+
+
+def volume_key(device: BlockDevice, fstab_mount_point: str | None = None) -> str:
+    """Return the name images of a volume are filed under.
+
+    The guide files an image under its file space (the mount point): the current one,
+    else the one fstab gives; a raw volume, or a file system with neither, under its
+    device path.
+    """
+    if device.mount_points:
+        return device.mount_points[0]
+    return fstab_mount_point or device.path
+
+
+def target_names(target: str, device: BlockDevice | None) -> list[str]:
+    """Return the names under which images of ``target`` may be filed.
+
+    A TARGET that no longer resolves (the disk died) still matches by the name given.
+    """
+    names = [os.path.abspath(target)]
+    if device is not None:
+        names += [device.path, *device.mount_points]
+    return names

@@ -25,11 +25,9 @@ def parse_size(text: str) -> int:
         ValueError: not a size, or a negative one (the message says what to write).
     """
     t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = _SIZE_UNITS.get(t[-1:], 0)
     try:
-        if t and t[-1] in _SIZE_UNITS:
-            value = int(float(t[:-1]) * _SIZE_UNITS[t[-1]])
-        else:
-            value = int(t)
+        value = int(float(t[:-1]) * unit) if unit else int(t)
     except (ValueError, OverflowError):  # OverflowError: "infk"
         raise ValueError(f"bad size {text!r}: use e.g. 32K, 4M or bytes") from None
     if value < 0:

@@ -31,22 +31,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from textual.pilot import Pilot
+from textual.widgets import Input
 
 from core import findings as F
 from core.devices import BlockDevice, DeviceKind, DeviceTree, Extent, LoopInfo
-from core.engine.restore import RestorePlan
-from core.findings import Finding, Severity
+from core.engine.guards import RestoreFacts, RestorePlan, Unresolved, judge_restore
+from core.findings import Finding
 from core.history import VolumeHistory
-from core.jobs import SAMPLE_EVERY, BackupSpec, JobSpec, JobState, JobView, Sample
+from core.jobs import SAMPLE_EVERY, BackupSpec, Jobs, JobSpec, JobState, JobView, Listener, Sample
+from core.jobs.listeners import Listeners
 from core.labels import ByteRange, DiskLabel, LabelKind, LabelPartition, extent_findings
-from core.mounts import Mount
+from core.mounts import Mount, mount_containing
 from core.preflight import VolumeCheck
 from core.progress import Progress
-from core.repo.catalog import CatalogEntry, target_names, volume_matches
+from core.repo.catalog import CatalogEntry, volume_matches
 from core.repo.filemanifest import FileManifest
 from core.repo.format import ImageManifest
+from core.repo.repository import ROOT_DEFAULT
 from core.signatures import FsType, Signature
-from core.targets import Volume
+from core.targets import Volume, target_names
 from tui.services import Catalog, CoreServices
 from tui.widgets.device_tree import DeviceTreeView
 
@@ -87,6 +90,24 @@ SDA_LABEL = DiskLabel(
     disk_guid="5b1f8c2e-94a7-4d3b-8e0f-6a2c7d9e1b40",
     disk_size=SDA_SIZE,
 )
+
+SDA2_SIZE = 64 * GiB
+_SDA2_TAIL = (
+    ByteRange(SDA2_SIZE - 16896, SDA2_SIZE - 512, "backup GPT entries"),
+    ByteRange(SDA2_SIZE - 512, SDA2_SIZE, "backup GPT header"),
+)
+SDA2_LABEL = replace(
+    SDA_LABEL,
+    label_ranges=(*SDA_LABEL.front_ranges, *_SDA2_TAIL),
+    backup_ranges=_SDA2_TAIL,
+    disk_size=SDA2_SIZE,
+)
+"""The GPT as read from /dev/sda2's own first sectors, which are the disk's.
+
+The disk's backup lies beyond sda2's end, so the parser puts the missing backup at
+sda2's last sectors, where a partitioner would write it (its notes saying so are left
+out: nothing in the console shows them).
+"""
 
 
 def _fs(kind: FsType, uuid: str, label: str | None = None) -> Signature:
@@ -150,11 +171,11 @@ DEVICES = DeviceTree(
                 DeviceKind.PARTITION,
                 8,
                 2,
-                64 * GiB,
+                SDA2_SIZE,
                 # Its first sectors are the disk's: the scan reads the GPT there too.
-                label=SDA_LABEL,
+                label=SDA2_LABEL,
                 parent="sda",
-                extent=Extent("/dev/sda", 0, 64 * GiB),
+                extent=Extent("/dev/sda", 0, SDA2_SIZE),
             ),
             _device(
                 "sdb",
@@ -447,113 +468,41 @@ CATALOG = Catalog(_catalog(SRV_IMAGES + OTHER_IMAGES), SRV_INCREMENTS, DEVICES)
 # --- restore plans ---------------------------------------------------------------------------
 
 
-def _family(dev: BlockDevice) -> list[BlockDevice]:
-    """Return ``dev`` and every device carved from or built on it, as core's guards do."""
-    out, todo = [], [dev.name]
-    while todo:
-        d = DEVICES.devices[todo.pop()]
-        if d not in out:
-            out.append(d)
-            todo += [*d.children, *d.holders]
-    return out
+REPOSITORY = ROOT_DEFAULT
+"""Where the scene's repository lies: root's default, as the console runs without ``--repo``."""
 
 
-def plan_for(manifest: ImageManifest, dest: str, *, preserve_label: bool) -> RestorePlan:
-    """Return what the guards find restoring ``manifest`` onto the scene's ``dest``.
+def restore_facts(dest: str) -> RestoreFacts:
+    """Return what the scene's machine says of ``dest`` as a restore destination.
 
-    The findings, in core's order and words, that ``plan_restore`` gives for what the
-    scene holds: a target mounted or held (itself or a device on it), holding the root
-    file system, too small or larger, with data, or lying over its disk's GPT
-    (``/dev/sda2``: a warning, or ``LABEL_PRESERVED`` with ``preserve_label``).
+    Recorded, never read: the devices, mounts and labels above; no process holds a
+    device node open (postgres and the journal write files on /srv and /, which the
+    guards do not ask about), no swap is active, and the repository and ``/`` lie on
+    the devices their mounts name. The real judgement turns these into findings.
     """
     dev = find_device(dest)
     if dev is None:
-        missing = F.blocker("TARGET_MISSING", f"{dest}: no such file or directory")
-        return RestorePlan(dest, None, False, (missing,))
-    family = _family(dev)
-    out: list[Finding] = []
-    mounted = [p for d in family for p in d.mount_points]
-    if mounted:
-        out.append(
-            F.blocker(
-                "DEST_MOUNTED",
-                f"{dev.path} is mounted at {', '.join(mounted)}; unmount it first",
-                mount_points=mounted,
-            )
-        )
-    holders = [h for d in family for h in d.holders]
-    if holders:
-        users = ", ".join("/dev/" + h for h in holders)
-        out.append(F.blocker("DEST_IN_USE", f"{dev.path} is in use by {users}; stop it first"))
-    if dev.size < manifest.size:
-        out.append(
-            F.blocker(
-                "DEST_TOO_SMALL",
-                f"{dev.path} has {dev.size} bytes but the image needs {manifest.size}; "
-                "choose a larger destination",
-            )
-        )
-    elif dev.size > manifest.size:
-        out.append(
-            F.info(
-                "DEST_LARGER",
-                f"{dev.path} is {dev.size - manifest.size} bytes larger than the image; "
-                "the bytes beyond it are left as they are",
-            )
-        )
-    if "/" in mounted:
-        out.append(F.blocker("DEST_HOLDS_ROOT", f"{dev.path} holds the root file system"))
-    if dev.signature is not None:
-        what = f"{dev.fstype}" + (f" '{dev.fs_label}'" if dev.fs_label else "")
-        same = dev.uuid == manifest.volume.get("uuid")
-        out.append(
-            F.warning(
-                "DEST_HAS_DATA",
-                f"{dev.path} holds {what} (UUID {dev.uuid})"
-                + (", the same file system as the image" if same else "")
-                + "; everything on it will be replaced",
-            )
-        )
-    if manifest.volume.get("device") == dev.path:
-        out.append(F.info("DEST_IS_SOURCE", f"{dev.path} is the volume the image was taken from"))
-    protected: tuple[tuple[int, int], ...] = ()
-    covered = [
-        f
-        for f in (_label_findings(dev) if dev.extent is not None else [])
-        if f.severity is Severity.WARNING
-    ]
-    if covered or dev.label is not None:
-        if preserve_label:
-            protected = ((0, 17408),)
-            out.append(
-                F.info(
-                    "LABEL_PRESERVED",
-                    f"--preserve-label: {dev.path}'s label area (bytes 0-17407) is left untouched",
-                    ranges=[list(r) for r in protected],
-                )
-            )
-        else:
-            hit = (
-                f"{dev.path} covers the label of {covered[0].details['disk']} "
-                f"({covered[0].code}): restoring overwrites that disk's label"
-                if covered
-                else f"{dev.path} holds a {SDA_LABEL.kind.value} label that will be overwritten"
-            )
-            out.append(
-                F.warning(
-                    "RESTORE_OVERWRITES_LABEL",
-                    f"{hit}; add --preserve-label to leave {dev.path}'s label area alone",
-                )
-            )
-    if manifest.fuzzy:
-        out.append(
-            F.warning(
-                "IMAGE_FUZZY",
-                f"image {manifest.id} was taken with imagetype dynamic (no snapshot) and may be "
-                "inconsistent; a file-system check is run after the restore",
-            )
-        )
-    return RestorePlan(dev.path, dev, False, tuple(out), protected)
+        missing = Unresolved("TARGET_MISSING", f"{dest}: no such file or directory")
+        return RestoreFacts(dest, DEVICES, missing, REPOSITORY)
+    disk = next((d for d in DEVICES if dev.extent and d.path == dev.extent.container), None)
+    return RestoreFacts(
+        dest,
+        DEVICES,
+        dev,
+        REPOSITORY,
+        block_node=dest == dev.path,
+        repository_device=_device_holding(REPOSITORY),
+        root_device=_device_holding("/"),
+        own_label=dev.label,  # the scan read the same first sectors
+        container_label=disk.label if disk else None,
+    )
+
+
+def _device_holding(path: str) -> str | None:
+    """Return the kernel name of the scene's device whose mounted file system holds ``path``."""
+    mount = mount_containing(path, _MOUNTS)
+    dev = DEVICES.by_number(mount.major, mount.minor) if mount else None
+    return dev.name if dev else None
 
 
 # --- the job queue ---------------------------------------------------------------------------
@@ -712,7 +661,7 @@ def _failed_image() -> JobView:
     )
 
 
-class SceneJobs:
+class SceneJobs(Jobs):
     """The job queue's interface over fixed jobs: one running, one done, one failed.
 
     Nothing runs: a submitted job stays queued (so a dialog driven by the pilot ends
@@ -722,19 +671,11 @@ class SceneJobs:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._views = {v.id: v for v in (_finished_increment(), _failed_image(), _running_job())}
-        self._listeners: list[Callable[[str], None]] = []
+        self._listeners = Listeners()
 
-    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(job_id)`` on every change; return the function that stops it."""
-        with self._lock:
-            self._listeners.append(listener)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if listener in self._listeners:
-                    self._listeners.remove(listener)
-
-        return unsubscribe
+        return self._listeners.add(listener)
 
     def submit(self, spec: JobSpec) -> str:
         """Queue ``spec`` (it never starts); return its id."""
@@ -793,18 +734,15 @@ class SceneJobs:
         with self._lock:
             return list(self._views.values())
 
-    def active(self) -> list[JobView]:
-        """Return the jobs not yet finished."""
-        return [v for v in self.views() if not v.state.finished]
+    def rerun(self, job_id: str) -> str:
+        """Queue job ``job_id``'s spec again; return the new job's id."""
+        return self.submit(self.view(job_id).spec)
 
-    def close(self, timeout: float = 30.0) -> None:
+    def close(self) -> None:
         """Nothing runs, so nothing to stop."""
 
     def _notify(self, job_id: str) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            listener(job_id)
+        self._listeners.notify(job_id)
 
 
 class SceneServices(CoreServices):
@@ -813,7 +751,7 @@ class SceneServices(CoreServices):
     def __init__(self) -> None:
         # CoreServices.__init__ would start a real JobQueue (and its sampler thread).
         self.repo_location = None
-        self.jobs = SceneJobs()  # type: ignore[assignment]
+        self.jobs = SceneJobs()
 
     def scan(self) -> DeviceTree:
         """Return the scene's devices."""
@@ -851,7 +789,7 @@ class SceneServices(CoreServices):
 
     def plan_restore(self, entry: CatalogEntry, dest: str, *, preserve_label: bool) -> RestorePlan:
         """Return the guards' findings for restoring ``entry`` onto the scene's ``dest``."""
-        return plan_for(entry.manifest, dest, preserve_label=preserve_label)
+        return judge_restore(entry.manifest, restore_facts(dest), preserve_label=preserve_label)
 
     def close(self) -> None:
         """Nothing to close."""
@@ -947,7 +885,7 @@ async def walk_to_restore_confirmation(pilot: Pilot[Any]) -> None:
     await pilot.press("enter")  # findings read: on to the confirmation
     await settle(pilot)
     # The confirmation box has focus, and its cursor would blink on a timer.
-    pilot.app.screen.query_one("#confirm-input").cursor_blink = False
+    pilot.app.screen.query_one("#confirm-input", Input).cursor_blink = False
     await pilot.pause()
 
 

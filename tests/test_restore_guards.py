@@ -181,7 +181,8 @@ def test_cylinder0_image_warns_and_preserve_label_keeps_the_destination_vtoc(loo
         "--json",
     )
     assert res.rc in (0, 8), res.out + res.err
-    assert "LABEL_PRESERVED" in codes(res.json()["findings"])
+    # A finished restore's JSON carries the image restore's findings under "image".
+    assert "LABEL_PRESERVED" in codes(res.json()["image"]["findings"])
     with open(dst_slice, "rb") as f:
         assert f.read(512) == dst_label  # the destination's VTOC survived
         f.seek(CYL)

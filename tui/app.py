@@ -137,7 +137,7 @@ class BlockvaultApp(App[int]):
             self.sub_title = f"read-only: restores hidden; {self.where_jobs_run}"
         for problem in self.theme_problems:
             self.notify(problem, title="theme", severity="warning", timeout=10)
-        if not getattr(self.jobs, "outlives_client", False):
+        if not self.jobs.outlives_client:
             # Jobs queued before the console opened (an agent's arrive as events).
             self._dirty.update(v.id for v in self.jobs.views())
         self.set_interval(PAINT_EVERY, self.paint_jobs)
@@ -449,7 +449,7 @@ class BlockvaultApp(App[int]):
         """Quit; while jobs run, ask first (quitting cancels them)."""
         running = [v for v in self.jobs.active() if v.state is not JobState.QUEUED]
         queued = [v for v in self.jobs.active() if v.state is JobState.QUEUED]
-        if getattr(self.jobs, "outlives_client", False) or (not running and not queued):
+        if self.jobs.outlives_client or (not running and not queued):
             # In the agent, jobs go on without the console: nothing to ask.
             self.exit(0)
             return

@@ -8,11 +8,9 @@ not as a stylesheet error the first time the theme is drawn.
 
 Two places hold themes:
 
-* :data:`PROJECT_THEME_DIR`, the repository's top-level ``themes/`` folder. It is
-  found relative to this file, which works from a source checkout and from the
-  editable install (``pip install -e .``) the project uses. ``themes/`` is not a
-  package, so a regular wheel does not carry it; :func:`load_themes` then reports
-  the folder as missing and the console falls back to Textual's built-in themes.
+* :data:`PROJECT_THEME_DIR`, the project's top-level ``themes/`` folder. It is a
+  package of data files, found through the import system, so a source checkout, an
+  editable install and a wheel (``pip install .``) all carry it.
 * :func:`user_theme_dir`, where a user adds themes or overrides a shipped one by
   reusing its name.
 """
@@ -23,6 +21,7 @@ import difflib
 import os
 import re
 import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,8 @@ from textual.theme import Theme
 
 from core.errors import BlockvaultError
 
-PROJECT_THEME_DIR = Path(__file__).resolve().parent.parent / "themes"
-"""The repository's ``themes/`` folder (see the module docstring for why it is resolved here)."""
+PROJECT_THEME_DIR = Path(str(resources.files("themes")))
+"""The shipped ``themes/`` folder (see the module docstring for why it is found this way)."""
 
 DEFAULT_THEME = "blockvault-dark"
 """The theme the console starts with unless the user or the terminal asks otherwise."""

@@ -12,8 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,14 +26,15 @@ from core.findings import Finding, Severity
 from core.labels import read_label
 from core.preflight import check_resolved
 from core.progress import Meter, ProgressFn
-from core.repo.catalog import catalog, volume_key
+from core.repo.catalog import catalog
 from core.repo.format import ZERO_ID, ImageManifest, chunk_digest, encode_chunk
 from core.repo.repository import Repository, now_iso
 from core.report import JobReport
 from core.signatures import probe
 from core.snapshots import ImageType, ReadView, consistent_view, recover_interrupted
-from core.targets import Volume, resolve
+from core.targets import Volume, resolve, volume_key
 from core.usedblocks import UsedMap, used_map_or_whole
+from core.workers import run_workers
 
 DEFAULT_GAP = 32 << 10
 """Smallest unused gap inside a chunk that is skipped rather than read (TSM's imagegapsize)."""
@@ -268,23 +268,15 @@ def _run_pipeline(
     options: BackupOptions,
 ) -> None:
     lock = threading.Lock()
-    items = iter(work)
     in_flight: set[bytes] = set()
-    stop = threading.Event()
-    workers = min(options.workers or 2 * (os.cpu_count() or 1), max(1, len(work)))
+    threads = min(options.workers or 2 * (os.cpu_count() or 1), max(1, len(work)))
 
-    def next_item() -> tuple[int, list[tuple[int, int]]] | None:
-        with lock:
-            return None if stop.is_set() else next(items, None)
-
-    def worker() -> None:
+    def worker(take: Iterator[tuple[int, list[tuple[int, int]]]]) -> None:
         # One chunk per read: measured here, larger spans per worker (8 and 16 MiB)
         # were slower with four workers reading at once.
         reader = ChunkReader(view.path, view.offset, chunk_size)
         try:
-            while (item := next_item()) is not None:
-                meter.check_cancel()
-                index, ranges = item
+            for index, ranges in take:
                 start = index * chunk_size
                 length = min(chunk_size, view.size - start)
                 data = reader.read(length, ranges, start)
@@ -301,21 +293,10 @@ def _run_pipeline(
                 with lock:
                     report.bytes_read += nread
                 meter.add(nread)
-        except BaseException:
-            stop.set()  # the other workers stop at their next chunk
-            raise
         finally:
             reader.close()
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bv-backup") as pool:
-        futures = [pool.submit(worker) for _ in range(workers)]
-        try:
-            wait(futures)
-        except BaseException:  # Ctrl-C in the waiting thread: stop the workers too
-            stop.set()
-            raise
-    for f in futures:
-        f.result()
+    run_workers(work, worker, threads=threads, check_cancel=meter.check_cancel, name="bv-backup")
 
 
 def _store_chunk(

@@ -11,29 +11,29 @@ import errno
 import fcntl
 import mmap
 import os
-import stat
 import struct
 import subprocess
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from core import findings as F
-from core.bytesource import FileSource
-from core.devices import BlockDevice, DeviceTree, scan
+from core.devices import DeviceTree, scan
+from core.engine.guards import (
+    RestorePlan,
+    judge_file_restore,
+    judge_restore,
+    read_file_restore_facts,
+    read_restore_facts,
+)
 from core.engine.reader import ChunkReader
 from core.errors import BlockvaultError
 from core.findings import Finding, Severity
-from core.labels import read_label
-from core.mounts import processes_using, read_active_swaps
-from core.preflight import container_label, container_label_findings
 from core.progress import Cancelled, Meter, ProgressFn
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_digest
 from core.repo.repository import Repository
 from core.report import JobReport
-from core.targets import TargetCodeError, resolve
-from core.units import human_size
+from core.workers import run_workers
 
 BLKZEROOUT = 0x127F
 """ioctl: make a byte range of a block device read as zeros (loop: a hole punch, fast)."""
@@ -51,38 +51,6 @@ class VerifyFailed(BlockvaultError):
     """Reading the destination back did not give the image's bytes."""
 
 
-@dataclass(frozen=True)
-class RestorePlan:
-    """The guards' verdict on restoring ``manifest`` onto ``dest``."""
-
-    dest: str
-    device: BlockDevice | None
-    """The destination block device (None with ``to_file``)."""
-    to_file: bool
-    findings: tuple[Finding, ...]
-    protected: tuple[tuple[int, int], ...] = ()
-    """Byte ranges of the destination left untouched (``--preserve-label``)."""
-
-    @property
-    def blocked(self) -> bool:
-        """True when a blocker forbids the restore (it cannot be confirmed away)."""
-        return any(f.severity is Severity.BLOCKER for f in self.findings)
-
-    @property
-    def confirm_name(self) -> str:
-        """The exact name the user must type or pass as ``--confirm``."""
-        return self.device.path if self.device is not None else self.dest
-
-    @property
-    def identity(self) -> tuple[object, ...]:
-        """What the user was shown of the destination: it must still be that at write time."""
-        d = self.device
-        if d is None:
-            return (self.dest,)
-        loop = (d.loop.backing_file, d.loop.offset, d.loop.size_limit) if d.loop else None
-        return (d.path, d.major, d.minor, d.size, d.serial, loop, d.uuid)
-
-
 @dataclass
 class RestoreReport(JobReport):
     """What a restore did."""
@@ -98,69 +66,6 @@ class RestoreReport(JobReport):
     findings: list[Finding] = field(default_factory=list)
 
 
-def _family(dev: BlockDevice, tree: DeviceTree) -> list[BlockDevice]:
-    """Return ``dev`` and every device carved from or built on it (partitions, slices, holders)."""
-    out, todo, seen = [], [dev.name], set()
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in tree.devices:
-            continue
-        seen.add(name)
-        d = tree.devices[name]
-        out.append(d)
-        todo.extend(d.children)
-        todo.extend(d.holders)
-    return out
-
-
-def _overlapping_loops(dev: BlockDevice, tree: DeviceTree) -> list[BlockDevice]:
-    """Return loop devices that map the same storage as ``dev`` or are backed by it.
-
-    Two loop devices of one file, overlapping slices of it, or a loop device whose
-    backing file is ``dev`` itself: writing ``dev`` writes under them, and the
-    kernel's exclusive claim is per device, so the guards must see them too.
-    """
-    out: list[BlockDevice] = []
-    mine = dev.loop
-    start = mine.offset if mine else 0
-    end = start + dev.size
-    for other in tree:
-        if other.name == dev.name or other.loop is None:
-            continue
-        backing = other.loop.backing_file
-        if backing in (dev.path, os.path.realpath(dev.path)):
-            out.append(other)
-        elif mine is not None and backing == mine.backing_file:
-            o_start = other.loop.offset
-            if o_start < end and start < o_start + other.size:
-                out.append(other)
-    return out
-
-
-def _ancestors(dev: BlockDevice | None, tree: DeviceTree) -> set[str]:
-    """Return ``dev``'s name and the names of every device it lies on."""
-    names: set[str] = set()
-    todo = [dev.name] if dev else []
-    while todo:
-        name = todo.pop()
-        if name in names or name not in tree.devices:
-            continue
-        names.add(name)
-        d = tree.devices[name]
-        if d.parent:
-            todo.append(d.parent)
-        todo.extend(d.slaves)
-    return names
-
-
-def _device_of_path(path: str, tree: DeviceTree) -> BlockDevice | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return tree.by_number(os.major(st.st_dev), os.minor(st.st_dev))
-
-
 def plan_restore(
     manifest: ImageManifest,
     dest: str,
@@ -170,244 +75,16 @@ def plan_restore(
     preserve_label: bool = False,
     tree: DeviceTree | None = None,
 ) -> RestorePlan:
-    """Return every guard's finding for restoring ``manifest`` onto ``dest``."""
+    """Return every guard's finding for restoring ``manifest`` onto ``dest``.
+
+    The guards' facts are read from this machine now (``tree``: its devices, scanned
+    when not given) and judged by :mod:`core.engine.guards`.
+    """
     tree = scan() if tree is None else tree
     if to_file:
-        return _plan_file(manifest, dest, repo, tree)
-    try:
-        dev = resolve(dest, tree).device
-    except TargetCodeError as e:
-        return RestorePlan(dest, None, False, (F.blocker(e.code, e.message),))
-    if not os.path.exists(dest) or not stat.S_ISBLK(os.stat(dest).st_mode):
-        msg = f"{dest} is a mount point; give the block device to restore to (it must be unmounted)"
-        return RestorePlan(dest, None, False, (F.blocker("DEST_NOT_BLOCK_DEVICE", msg),))
-    out: list[Finding] = []
-    aliases = _overlapping_loops(dev, tree)
-    family = _family(dev, tree) + [d for a in aliases for d in _family(a, tree)]
-    if aliases:
-        out.append(
-            F.warning(
-                "DEST_SHARED_STORAGE",
-                f"{dev.path} shares its storage with "
-                + ", ".join(a.path for a in aliases)
-                + "; they are checked as part of it",
-            )
-        )
-    mounted = [m.mount_point for d in family for m in d.mounts]
-    if mounted:
-        out.append(
-            F.blocker(
-                "DEST_MOUNTED",
-                f"{dev.path} is mounted at {', '.join(mounted)}; unmount it first",
-                mount_points=mounted,
-            )
-        )
-    holders = [h for d in family for h in d.holders]
-    if holders:
-        out.append(
-            F.blocker(
-                "DEST_IN_USE",
-                f"{dev.path} is in use by {', '.join('/dev/' + h for h in holders)}; stop it first",
-            )
-        )
-    users = processes_using(devices=[d.path for d in family])
-    if users:
-        out.append(
-            F.blocker(
-                "DEST_OPEN",
-                f"{users[0].describe()}"
-                + (f" and {len(users) - 1} more" if len(users) > 1 else "")
-                + "; close it first",
-                processes=[{"pid": u.pid, "name": u.name} for u in users],
-            )
-        )
-    swaps = set(read_active_swaps())
-    if any(d.path in swaps for d in family):
-        out.append(F.blocker("DEST_SWAP", f"{dev.path} is active swap; run swapoff first"))
-    if dev.read_only:
-        out.append(F.blocker("DEST_READ_ONLY", f"{dev.path} is read-only; nothing can be written"))
-    if dev.size < manifest.size:
-        out.append(
-            F.blocker(
-                "DEST_TOO_SMALL",
-                f"{dev.path} holds {human_size(dev.size)} ({dev.size} bytes) but the image needs "
-                f"{human_size(manifest.size)} ({manifest.size} bytes); "
-                "choose a larger destination",
-                dest_size=dev.size,
-                image_size=manifest.size,
-            )
-        )
-    elif dev.size > manifest.size:
-        out.append(
-            F.info(
-                "DEST_LARGER",
-                f"{dev.path} is {human_size(dev.size - manifest.size)} larger than the image; "
-                "the bytes beyond it are left as they are",
-            )
-        )
-    repo_dev = _device_of_path(repo.location, tree)
-    if dev.name in _ancestors(repo_dev, tree):
-        out.append(
-            F.blocker(
-                "DEST_HOLDS_REPOSITORY",
-                f"{dev.path} holds the repository {repo.location}; restore to another device",
-            )
-        )
-    if dev.name in _ancestors(_device_of_path("/", tree), tree) or any(
-        m.mount_point == "/" for d in family for m in d.mounts
-    ):
-        out.append(F.blocker("DEST_HOLDS_ROOT", f"{dev.path} holds the root file system"))
-
-    if dev.signature is not None:
-        same = dev.uuid is not None and dev.uuid == manifest.volume.get("uuid")
-        what = f"{dev.fstype}" + (f" '{dev.fs_label}'" if dev.fs_label else "")
-        out.append(
-            F.warning(
-                "DEST_HAS_DATA",
-                f"{dev.path} holds {what}"
-                + (f" (UUID {dev.uuid})" if dev.uuid else "")
-                + (", the same file system as the image" if same else "")
-                + "; everything on it will be replaced",
-            )
-        )
-    if manifest.volume.get("device") == dev.path:
-        out.append(F.info("DEST_IS_SOURCE", f"{dev.path} is the volume the image was taken from"))
-
-    protected: tuple[tuple[int, int], ...] = ()
-    label_hits = _label_hits(manifest, dev, tree)
-    if label_hits:
-        if preserve_label:
-            protected = _dest_label_ranges(dev, tree)
-            spans = ", ".join(f"bytes {s}-{e - 1}" for s, e in protected)
-            out.append(
-                F.info(
-                    "LABEL_PRESERVED",
-                    f"--preserve-label: {dev.path}'s label area ({spans}) is left untouched",
-                    ranges=[list(r) for r in protected],
-                )
-            )
-        else:
-            out.append(
-                F.warning(
-                    "RESTORE_OVERWRITES_LABEL",
-                    f"{label_hits}; add --preserve-label to leave {dev.path}'s label area alone",
-                )
-            )
-    if manifest.fuzzy:
-        out.append(
-            F.warning(
-                "IMAGE_FUZZY",
-                f"image {manifest.id} was taken with imagetype dynamic (no snapshot) and may be "
-                "inconsistent; a file-system check is run after the restore",
-            )
-        )
-    return RestorePlan(dev.path, dev, False, tuple(out), protected)
-
-
-def _label_hits(manifest: ImageManifest, dev: BlockDevice, tree: DeviceTree) -> str:
-    """Say why a restore onto ``dev`` writes over a disk label, or return ""."""
-    reasons: list[str] = []
-    if manifest.label is not None:
-        reasons.append(
-            f"the image begins with a {manifest.label['kind']} disk label, which will be "
-            f"written over {dev.path}'s first sectors"
-        )
-    covered = [f for f in container_label_findings(dev, tree) if f.severity is Severity.WARNING]
-    if covered:
-        reasons.append(
-            f"{dev.path} covers the label of {covered[0].details['disk']} "
-            f"({covered[0].code}): restoring overwrites that disk's label"
-        )
-    if not covered and dev.label is not None and manifest.label is None:
-        reasons.append(f"{dev.path} holds a {dev.label.kind.value} label that will be overwritten")
-    return "; ".join(reasons)
-
-
-def _dest_label_ranges(dev: BlockDevice, tree: DeviceTree) -> tuple[tuple[int, int], ...]:
-    """Return the byte ranges of ``dev`` that hold a disk label, in ``dev``'s own offsets.
-
-    The label at ``dev``'s start (its own, or the disk's when ``dev`` begins at
-    sector 0), and the parts of its disk's label structures that fall inside ``dev``'s
-    extent (an EBR, GPT's backup header at the end). With none found, the first
-    sector, as TSM's client skips it.
-    """
-    ranges: set[tuple[int, int]] = set()
-    try:
-        with FileSource(dev.path) as src:
-            own = read_label(src)
-    except OSError:
-        own = None
-    if own is not None:
-        ranges.update((r.start, r.end) for r in (*own.label_ranges, *own.backup_ranges))
-    disk = container_label(dev, tree)
-    if disk is not None and dev.extent is not None:
-        lo, hi = dev.extent.start, dev.extent.start + dev.extent.size
-        for r in (*disk.label_ranges, *disk.backup_ranges):
-            if r.start < hi and lo < r.end:
-                ranges.add((max(r.start, lo) - lo, min(r.end, hi) - lo))
-    if not ranges:
-        ranges.add((0, dev.sector_size))
-    return tuple(sorted(ranges))
-
-
-def _plan_file(
-    manifest: ImageManifest, dest: str, repo: Repository, tree: DeviceTree
-) -> RestorePlan:
-    path = os.path.abspath(dest)
-    out: list[Finding] = []
-    parent = os.path.dirname(path)
-    real = os.path.realpath(path)
-    backed = [d.path for d in tree if d.loop and os.path.realpath(d.loop.backing_file) == real]
-    if os.path.islink(path):
-        out.append(
-            F.blocker("DEST_NOT_FILE", f"{dest} is a symbolic link; give the file's own path")
-        )
-    elif backed:
-        out.append(
-            F.blocker(
-                "DEST_BACKS_DEVICE",
-                f"{dest} is the backing file of {', '.join(backed)}; writing it writes that "
-                "device — detach it or restore to another file",
-            )
-        )
-    elif real == os.path.realpath(repo.location) or real.startswith(
-        os.path.realpath(repo.location) + "/"
-    ):
-        out.append(
-            F.blocker(
-                "DEST_IN_REPOSITORY",
-                f"{dest} lies inside the repository {repo.location}; restore somewhere else",
-            )
-        )
-    elif not os.path.isdir(parent):
-        out.append(F.blocker("DEST_DIR_MISSING", f"{parent} does not exist; create it first"))
-    elif os.path.exists(path):
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            out.append(
-                F.blocker(
-                    "DEST_NOT_FILE",
-                    f"{dest} exists and is not a regular file; --imagetofile writes a file",
-                )
-            )
-        else:
-            out.append(F.warning("DEST_EXISTS", f"{dest} exists and will be replaced"))
-    if not out or out[0].severity is not Severity.BLOCKER:
-        vfs = os.statvfs(parent)
-        free = vfs.f_bavail * vfs.f_frsize
-        need = sum(manifest.chunk_size for _, d in manifest.chunks() if d != ZERO_ID)
-        if free < min(need, manifest.size):
-            out.append(
-                F.blocker(
-                    "DEST_NO_SPACE",
-                    f"{parent} has {free} bytes free but the image holds {need} bytes of data",
-                )
-            )
-    if manifest.fuzzy:
-        out.append(
-            F.warning("IMAGE_FUZZY", f"image {manifest.id} was taken without a snapshot (dynamic)")
-        )
-    return RestorePlan(path, None, True, tuple(out))
+        return judge_file_restore(manifest, read_file_restore_facts(dest, repo.location, tree))
+    facts = read_restore_facts(dest, repo.location, tree)
+    return judge_restore(manifest, facts, preserve_label=preserve_label)
 
 
 def _same_name(confirm: str | None, plan: RestorePlan) -> bool:
@@ -474,20 +151,21 @@ def restore_image(
         report = RestoreReport(manifest.id, plan.confirm_name, bytes_image=manifest.size)
         report.findings = list(plan.findings)
         meter = Meter("restoring", manifest.size, progress, cancel, report=report)
-        dest = _Dest(plan, manifest.size)
-        if plan.device is not None and os.fstat(dest.fd).st_rdev != os.makedev(
+        # The destination open for writing (``dest`` stays the name the user gave).
+        opened = _Dest(plan, manifest.size)
+        if plan.device is not None and os.fstat(opened.fd).st_rdev != os.makedev(
             plan.device.major, plan.device.minor
         ):
-            dest.close()
+            opened.close()
             raise RestoreRefused(
                 f"{plan.confirm_name} is no longer the device that was checked; nothing was written"
             )
         try:
-            _write_chunks(dest, plan, manifest, repo, report, meter, workers)
+            _write_chunks(opened, plan, manifest, repo, report, meter, workers)
             meter.check_cancel()
             if not plan.to_file:
-                _zero_ranges(dest.fd, plan, manifest, report, meter)
-            os.fsync(dest.fd)
+                _zero_ranges(opened.fd, plan, manifest, report, meter)
+            os.fsync(opened.fd)
         except Cancelled:
             # Unlike a backup, a restore cannot be undone: say what state the target is in.
             raise Cancelled(
@@ -495,7 +173,7 @@ def restore_image(
                 f"({report.bytes_written} bytes); restore it again before using it"
             ) from None
         finally:
-            dest.close()
+            opened.close()
         if verify:
             meter.phase = "verifying"
             verify_dest(plan, manifest, repo, meter)
@@ -567,53 +245,39 @@ def _write_chunks(
     workers: int,
 ) -> None:
     lock = threading.Lock()
-    stop = threading.Event()
     cs = manifest.chunk_size
-    items = iter([(i, d) for i, d in manifest.chunks() if d != ZERO_ID])
-    nworkers = workers or (os.cpu_count() or 1) + 1
 
-    def next_item() -> tuple[int, bytes] | None:
-        with lock:
-            return None if stop.is_set() else next(items, None)
-
-    def worker() -> None:
+    def worker(take: Iterator[tuple[int, bytes]]) -> None:
+        # One aligned buffer per worker for O_DIRECT writes; freed with the worker.
         aligned = mmap.mmap(-1, cs) if dest.direct_fd is not None else None
-        try:
-            while (item := next_item()) is not None:
-                meter.check_cancel()
-                index, digest = item
-                offset = index * cs
-                try:
-                    data = repo.get_chunk(digest)
-                except DamagedObject as e:
-                    raise RestoreDamaged(
-                        f"{e.message} (image byte {offset}); restore stopped, "
-                        f"{plan.confirm_name} is partly written — run 'blockvault repo check'"
-                    ) from None
-                if aligned is not None:
-                    aligned[: len(data)] = data
-                    view = memoryview(aligned)
-                else:
-                    view = memoryview(data)
-                for s, e in _split(offset, offset + len(data), plan.protected):
-                    dest.write(view[s - offset : e - offset], s)
-                with lock:
-                    report.bytes_written += len(data)
-                    report.chunks += 1
-                meter.add(len(data))
-        except BaseException:
-            stop.set()
-            raise
+        for index, digest in take:
+            offset = index * cs
+            try:
+                data = repo.get_chunk(digest)
+            except DamagedObject as damaged:
+                raise RestoreDamaged(
+                    f"{damaged.message} (image byte {offset}); restore stopped, "
+                    f"{plan.confirm_name} is partly written — run 'blockvault repo check'"
+                ) from None
+            if aligned is not None:
+                aligned[: len(data)] = data
+                view = memoryview(aligned)
+            else:
+                view = memoryview(data)
+            for s, e in _split(offset, offset + len(data), plan.protected):
+                dest.write(view[s - offset : e - offset], s)
+            with lock:
+                report.bytes_written += len(data)
+                report.chunks += 1
+            meter.add(len(data))
 
-    with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="bv-restore") as pool:
-        futures = [pool.submit(worker) for _ in range(nworkers)]
-        try:
-            wait(futures)
-        except BaseException:
-            stop.set()
-            raise
-    for f in futures:
-        f.result()
+    run_workers(
+        ((i, d) for i, d in manifest.chunks() if d != ZERO_ID),
+        worker,
+        threads=workers or (os.cpu_count() or 1) + 1,
+        check_cancel=meter.check_cancel,
+        name="bv-restore",
+    )
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:

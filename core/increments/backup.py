@@ -31,21 +31,21 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from operator import attrgetter
 from typing import Any
 
 from core import findings as F
+from core.confined import Beneath
 from core.devices import DeviceTree, scan
 from core.errors import BlockvaultError
 from core.findings import Finding, ReturnCode
 from core.increments.scan import ScanResult, scan_tree
 from core.mounts import Mount
 from core.progress import Meter, ProgressFn
-from core.repo.catalog import catalog, volume_key
+from core.repo.catalog import catalog
 from core.repo.filemanifest import (
     ENTRY_FIELDS,
     FILE_CHUNK,
@@ -57,7 +57,8 @@ from core.repo.filemanifest import (
 from core.repo.format import ZERO_ID, chunk_digest, encode_chunk
 from core.repo.repository import Repository, now_iso
 from core.report import JobReport
-from core.targets import Volume, resolve
+from core.targets import Volume, resolve, volume_key
+from core.workers import run_workers
 
 MAX_NAMED = 3
 """How many paths a finding's one-line message names before "and N more"."""
@@ -133,88 +134,46 @@ class IncrementReport(JobReport):
 
 # --- opening files below the mount point ---------------------------------------------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_memcmp = _libc.memcmp
+_memcmp = ctypes.CDLL(None).memcmp
 _memcmp.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t)
 _memcmp.restype = ctypes.c_int
 
-_SYS_OPENAT2 = 437
-"""The same number on every architecture Linux gave it to (5.6+)."""
-_RESOLVE_NO_XDEV = 0x01
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04
-_RESOLVE_BENEATH = 0x08
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 """O_NONBLOCK: a FIFO swapped in for a scanned file must not hang the worker."""
-
-
-class _OpenHow(ctypes.Structure):
-    _fields_ = (
-        ("flags", ctypes.c_uint64),
-        ("mode", ctypes.c_uint64),
-        ("resolve", ctypes.c_uint64),
-    )
 
 
 class _Opener:
     """Opens a scanned path for reading, never through a symlink or into another mount."""
 
     def __init__(self, root_fd: int, device: int) -> None:
-        self.root_fd = root_fd
-        self.device = device
+        self.beneath = Beneath(root_fd, device=device)
         self.noatime = True
         """O_NOATIME (reading leaves atime alone); dropped once the kernel refuses it."""
-        self.openat2 = True
-        """False once the kernel (or a seccomp filter) says openat2 does not exist."""
 
     def open(self, path: str, ino: int) -> int:
         """Return a descriptor for ``path``; raise OSError (ENOENT when it is not there).
 
-        Without openat2 the path is opened with O_NOFOLLOW and accepted only if it is
-        the scanned inode on this file system; anything else counts as vanished.
+        Without openat2 the path is also accepted only if it is the scanned inode: the
+        walk that stands in for it cannot see a bind mount of this same file system
+        (the kernel's RESOLVE_NO_XDEV can); anything else counts as vanished.
         """
         while True:
             flags = _READ_FLAGS | (os.O_NOATIME if self.noatime else 0)
             try:
-                if self.openat2:
-                    return self._openat2(path, flags)
-                fd = os.open(path, flags, dir_fd=self.root_fd)
+                fd = self.beneath.open(path, flags)
             except OSError as e:
                 if e.errno == errno.EPERM and self.noatime:
                     self.noatime = False  # not the owner, and no CAP_FOWNER
-                    continue
-                if e.errno == errno.ENOSYS and self.openat2:
-                    self.openat2 = False
                     continue
                 if e.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
                     # A symlink or a mount on the way, or a directory replaced: the
                     # scanned file is not reachable at that path any more.
                     raise FileNotFoundError(errno.ENOENT, e.strerror, path) from None
                 raise
-            st = os.fstat(fd)
-            if st.st_dev != self.device or st.st_ino != ino:
+            if not self.beneath.openat2 and os.fstat(fd).st_ino != ino:
                 os.close(fd)
                 raise FileNotFoundError(errno.ENOENT, "replaced since the scan", path)
             return fd
-
-    def _openat2(self, path: str, flags: int) -> int:
-        how = _OpenHow(
-            flags,
-            0,
-            _RESOLVE_NO_XDEV | _RESOLVE_NO_MAGICLINKS | _RESOLVE_NO_SYMLINKS | _RESOLVE_BENEATH,
-        )
-        fd = _libc.syscall(
-            ctypes.c_long(_SYS_OPENAT2),
-            ctypes.c_int(self.root_fd),
-            ctypes.c_char_p(os.fsencode(path)),
-            ctypes.byref(how),
-            ctypes.c_size_t(ctypes.sizeof(how)),
-        )
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
-        return fd
 
 
 # --- reading files -------------------------------------------------------------------------
@@ -261,37 +220,23 @@ class _Pipeline:
         self.report = report
         self.meter = meter
         self.lock = threading.Lock()
-        self.stop = threading.Event()
 
     def run(self, jobs: Sequence[_Job], workers: int) -> list[_Outcome]:
         """Read every job with ``workers`` threads; return the outcomes in job order."""
         outcomes: list[_Outcome] = [_Outcome() for _ in jobs]
-        items = iter(range(len(jobs)))
 
-        def next_item() -> int | None:
-            with self.lock:
-                return None if self.stop.is_set() else next(items, None)
-
-        def worker() -> None:
+        def worker(take: Iterator[int]) -> None:
             reader = _FileReader(self)
-            try:
-                while (i := next_item()) is not None:
-                    self.meter.check_cancel()
-                    outcomes[i] = reader.read_job(jobs[i])
-            except BaseException:
-                self.stop.set()  # the other workers stop at their next file
-                raise
+            for i in take:
+                outcomes[i] = reader.read_job(jobs[i])
 
-        workers = max(1, min(workers, len(jobs)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bv-incr") as pool:
-            futures = [pool.submit(worker) for _ in range(workers)]
-            try:
-                wait(futures)
-            except BaseException:  # Ctrl-C in the waiting thread: stop the workers too
-                self.stop.set()
-                raise
-        for f in futures:
-            f.result()
+        run_workers(
+            range(len(jobs)),
+            worker,
+            threads=max(1, min(workers, len(jobs))),
+            check_cancel=self.meter.check_cancel,
+            name="bv-incr",
+        )
         return outcomes
 
     def store(self, data: memoryview) -> bytes:
@@ -457,12 +402,11 @@ def _whole_mount(vol: Volume, target: str) -> Mount:
             f"{target}: {dev.path} holds no file system; file increments need a mounted "
             f"file system (take an image instead: 'blockvault backup image {target}')"
         )
-    if vol.mount is not None:
-        mount = vol.mount
-    else:
+    mount = vol.mount
+    if mount is None:
         mount = next((m for m in dev.mounts if m.root == "/"), None)
-        if mount is None and dev.mounts:
-            mount = dev.mounts[0]
+    if mount is None and dev.mounts:
+        mount = dev.mounts[0]
     if mount is None:
         raise VolumeNotMounted(
             f"{target}: {dev.path} is not mounted; mount it first (an increment reads the "
@@ -867,24 +811,26 @@ def _findings(scanned: ScanResult, problems: _Problems, mount_point: str) -> lis
                 kept_previous=kept,
             )
         )
-    if problems.vanished:
-        out.append(
-            F.warning(
-                "INCREMENT_VANISHED",
-                f"{len(problems.vanished)} file(s) vanished between the scan and their "
-                f"reading; they are not in this increment: {_listing(problems.vanished)}",
-                paths=sorted(problems.vanished),
+    for code, paths, what in (
+        (
+            "INCREMENT_VANISHED",
+            problems.vanished,
+            "vanished between the scan and their reading; they are not in this increment",
+        ),
+        (
+            "INCREMENT_CHANGED",
+            problems.changed,
+            "changed while being read, twice; what was read is kept, it may be inconsistent",
+        ),
+    ):
+        if paths:
+            out.append(
+                F.warning(
+                    code,
+                    f"{len(paths)} file(s) {what}: {_listing(paths)}",
+                    paths=sorted(paths),
+                )
             )
-        )
-    if problems.changed:
-        out.append(
-            F.warning(
-                "INCREMENT_CHANGED",
-                f"{len(problems.changed)} file(s) changed while being read, twice; what was "
-                f"read is kept, it may be inconsistent: {_listing(problems.changed)}",
-                paths=sorted(problems.changed),
-            )
-        )
     if scanned.mount_points:
         out.append(
             F.info(

@@ -19,7 +19,6 @@ restored file system (it may hold a symlink where a directory was). So:
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import secrets
 import stat
@@ -28,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from core import findings as F
+from core.confined import DIR_FLAGS, Beneath, OtherFileSystem
 from core.errors import BlockvaultError
 from core.findings import Finding
 from core.progress import Cancelled, Meter, ProgressFn
@@ -46,7 +46,6 @@ NAME_MAX = 255
 SOCKETS_NAMED = 20
 """How many skipped sockets a finding names (the count covers all of them)."""
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _NODE_FORMATS = {"c": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO, "s": stat.S_IFSOCK}
 
@@ -265,7 +264,7 @@ def _path_problem(path: object) -> str | None:
 
 def _open_root(root: str) -> int:
     try:
-        return os.open(root, _DIR_FLAGS)
+        return os.open(root, DIR_FLAGS)
     except OSError as e:
         raise ReplayError(f"cannot replay onto {root}: {e.strerror} (a directory is needed)") from e
 
@@ -327,64 +326,6 @@ def _set_named_metadata(dir_fd: int, name: str, e: FileEntry, *, symlink: bool) 
     os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
 
-class _DirPath:
-    """Descriptors of the directories along one path below the root, opened without following.
-
-    Entries come parents-first, so consecutive paths share most of their
-    directories: only the components that differ are closed and opened.
-    """
-
-    def __init__(self, root_fd: int, root: str) -> None:
-        self.root_fd = root_fd
-        self.root = root
-        self.dev = os.fstat(root_fd).st_dev
-        self._open: list[tuple[str, int]] = []
-
-    def fd(self, parts: tuple[str, ...]) -> int | None:
-        """Return the descriptor of directory ``parts``; None if a component is not a directory."""
-        keep = 0
-        while keep < len(self._open) and keep < len(parts) and self._open[keep][0] == parts[keep]:
-            keep += 1
-        while len(self._open) > keep:
-            os.close(self._open.pop()[1])
-        for i in range(keep, len(parts)):
-            parent = self._open[-1][1] if self._open else self.root_fd
-            sub = _open_subdir(parent, parts[i], self.dev, self.root, "/".join(parts[: i + 1]))
-            if sub is None:
-                return None
-            self._open.append((parts[i], sub))
-        return self._open[-1][1] if self._open else self.root_fd
-
-    def close(self) -> None:
-        """Close every descriptor held."""
-        while self._open:
-            os.close(self._open.pop()[1])
-
-
-def _open_subdir(parent_fd: int, name: str, dev: int, root: str, shown: str) -> int | None:
-    """Return a descriptor of directory ``name`` in ``parent_fd``, or None if it is not one.
-
-    A symlink is never followed (``O_NOFOLLOW``: it is "not a directory" here).
-
-    Raises:
-        ReplayError: the directory belongs to another file system mounted below ``root``.
-    """
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return None
-        raise
-    if os.fstat(fd).st_dev != dev:
-        os.close(fd)
-        raise ReplayError(
-            f"{shown!r} in {root} is another file system mounted there; unmount it and replay again"
-        )
-    return fd
-
-
 class _Replay:
     """One replay: the checked entries, the open root and the running counts."""
 
@@ -406,8 +347,8 @@ class _Replay:
         self.delete = delete
         self.report = report
         self.meter = meter
-        self.dirs = _DirPath(root_fd, root)
-        self.link_dirs = _DirPath(root_fd, root)
+        self.dirs = Beneath(root_fd)
+        self.link_dirs = Beneath(root_fd)
         """A second walker: a hard link's first path lies elsewhere than the link."""
         self.children: dict[str, set[str]] = {}
         for e in entries:
@@ -433,7 +374,7 @@ class _Replay:
             parts = _parts(e.path)
             st = None
             with self._failure_names(e.path):
-                parent = self.dirs.fd(parts[:-1])
+                parent = self.dirs.directory(parts[:-1])
                 if parent is not None:
                     st = _lstat(parent, parts[-1])
             if st is None or not _same_file_content(st, e):
@@ -477,6 +418,11 @@ class _Replay:
         """Turn an OS error into a :class:`ReplayError` naming ``path``."""
         try:
             yield
+        except OtherFileSystem as err:
+            raise ReplayError(
+                f"{err.filename!r} in {self.root} is another file system mounted there; "
+                "unmount it and replay again"
+            ) from err
         except OSError as err:
             raise ReplayError(
                 f"replay onto {self.root} failed at {path!r}: {err.strerror or err}"
@@ -487,7 +433,7 @@ class _Replay:
 
     def _parent(self, e: FileEntry) -> tuple[int, str]:
         parts = _parts(e.path)
-        fd = self.dirs.fd(parts[:-1])
+        fd = self.dirs.directory(parts[:-1])
         if fd is None:
             raise ReplayError(
                 f"replay onto {self.root} failed at {e.path!r}: its directory is missing on disk"
@@ -514,7 +460,7 @@ class _Replay:
             self._directory(e, parent, name, st)
         elif e.kind == "f":
             if st is not None and _same_file_content(st, e):
-                self._existing_file_metadata(e, parent, name, st)
+                self._existing_metadata(e, parent, name, st)
             else:
                 tmp = self._write_file(e, parent)
                 self._install(parent, name, st, tmp)
@@ -524,12 +470,12 @@ class _Replay:
                 and stat.S_ISLNK(st.st_mode)
                 and os.readlink(name, dir_fd=parent) == e.target
             ):
-                self._existing_node_metadata(e, parent, name, st)
+                self._existing_metadata(e, parent, name, st)
             else:
                 self._install(parent, name, st, self._make(parent, e, self._symlink))
         elif e.kind == "s":
             if st is not None and stat.S_ISSOCK(st.st_mode):
-                self._existing_node_metadata(e, parent, name, st)
+                self._existing_metadata(e, parent, name, st)
                 return
             if st is not None:
                 self._remove(parent, name, st)  # what a socket replaced is gone
@@ -541,7 +487,7 @@ class _Replay:
                 and stat.S_IFMT(st.st_mode) == fmt
                 and (e.kind == "p" or st.st_rdev == e.rdev)
             ):
-                self._existing_node_metadata(e, parent, name, st)
+                self._existing_metadata(e, parent, name, st)
             else:
                 self._install(parent, name, st, self._make(parent, e, self._node))
 
@@ -555,7 +501,7 @@ class _Replay:
             os.mkdir(name, 0o700, dir_fd=parent)
             self._counted("files_created" if st is None else "files_replaced")
         if self.delete:
-            fd = self.dirs.fd(_parts(e.path))
+            fd = self.dirs.directory(_parts(e.path))
             if fd is None:
                 raise ReplayError(
                     f"replay onto {self.root} failed at {e.path!r}: it is not a directory on disk"
@@ -564,7 +510,7 @@ class _Replay:
         self._dirs_done.append(e)
 
     def _directory_metadata(self, e: FileEntry) -> None:
-        fd = self.dirs.fd(_parts(e.path))
+        fd = self.dirs.directory(_parts(e.path))
         if fd is None:
             raise ReplayError(
                 f"replay onto {self.root} failed at {e.path!r}: it is not a directory on disk"
@@ -572,12 +518,18 @@ class _Replay:
         if not _same_metadata(os.fstat(fd), e):
             _set_fd_metadata(fd, e)
 
-    def _existing_file_metadata(
-        self, e: FileEntry, parent: int, name: str, st: os.stat_result
-    ) -> None:
+    def _existing_metadata(self, e: FileEntry, parent: int, name: str, st: os.stat_result) -> None:
+        """Give what stands at ``name`` (content already right) the entry's metadata; count it."""
         if _same_metadata(st, e):
             self._counted("unchanged")
             return
+        if stat.S_ISREG(st.st_mode):
+            self._set_file_metadata(e, parent, name, st)
+        else:  # a node or symlink cannot be opened safely: by name, never following
+            _set_named_metadata(parent, name, e, symlink=stat.S_ISLNK(st.st_mode))
+        self._counted("metadata_updated")
+
+    def _set_file_metadata(self, e: FileEntry, parent: int, name: str, st: os.stat_result) -> None:
         # O_NONBLOCK|O_NOFOLLOW: a fifo or symlink swapped in since the lstat neither
         # blocks nor is followed; the inode check below refuses it.
         fd = os.open(
@@ -590,22 +542,12 @@ class _Replay:
             _set_fd_metadata(fd, e)
         finally:
             os.close(fd)
-        self._counted("metadata_updated")
-
-    def _existing_node_metadata(
-        self, e: FileEntry, parent: int, name: str, st: os.stat_result
-    ) -> None:
-        if _same_metadata(st, e):
-            self._counted("unchanged")
-            return
-        _set_named_metadata(parent, name, e, symlink=stat.S_ISLNK(st.st_mode))
-        self._counted("metadata_updated")
 
     def _hard_link(self, e: FileEntry) -> None:
         assert e.link is not None
         parent, name = self._parent(e)
         first_parts = _parts(e.link)
-        first_dir = self.link_dirs.fd(first_parts[:-1])
+        first_dir = self.link_dirs.directory(first_parts[:-1])
         first = _lstat(first_dir, first_parts[-1]) if first_dir is not None else None
         if first_dir is None or first is None or not stat.S_ISREG(first.st_mode):
             raise ReplayError(
@@ -736,7 +678,7 @@ class _Replay:
 
     def _remove_tree(self, parent: int, name: str) -> int:
         """Remove directory ``name`` and everything below it, deepest first; return the count."""
-        top = _open_subdir(parent, name, self.dirs.dev, self.root, name)
+        top = self.dirs.subdir(parent, name, name)
         if top is None:
             raise ReplayError(f"{name!r} in {self.root} changed during the replay")
         # An explicit stack, not recursion: a restored tree may be deeper than Python's limit.
@@ -752,7 +694,7 @@ class _Replay:
                     if st is None:
                         continue
                     if stat.S_ISDIR(st.st_mode):
-                        sub = _open_subdir(fd, child, self.dirs.dev, self.root, child)
+                        sub = self.dirs.subdir(fd, child, child)
                         if sub is None:
                             raise ReplayError(f"{child!r} in {self.root} changed during the replay")
                         stack.append((child, sub, os.listdir(sub)))

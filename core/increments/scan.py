@@ -83,7 +83,9 @@ _object_setattr = object.__setattr__
 _FAST_ENTRIES = FAST_ENTRIES  # see core.repo.filemanifest
 
 
-def _entry_of(path: str, st: os.stat_result, kind: str) -> FileEntry:
+def _entry_of(
+    path: str, st: os.stat_result, kind: str, target: str | None = None, rdev: int = 0
+) -> FileEntry:
     return FileEntry(
         path,
         kind,
@@ -95,6 +97,8 @@ def _entry_of(path: str, st: os.stat_result, kind: str) -> FileEntry:
         st.st_ctime_ns,
         st.st_ino,
         st.st_nlink,
+        target,
+        rdev,
     )
 
 
@@ -186,7 +190,7 @@ class _Walk:
             rdev = 0
             if fmt == _IFREG and st.st_dev == device:  # most entries: the short way
                 kind = "f"
-            elif (kind := kind_of.get(fmt)) is None:
+            elif not (kind := kind_of.get(fmt, "")):
                 self.problems.append(ScanProblem(path, f"file type {fmt:o}", "unknown-type"))
                 continue
             elif fmt == _IFDIR:
@@ -209,9 +213,9 @@ class _Walk:
             elif fmt == _IFCHR or fmt == _IFBLK:  # noqa: SIM109 (two compares beat a tuple)
                 rdev = st.st_rdev
             if fast:
-                e = new(cls)
+                entry = new(cls)
                 set_dict(
-                    e,
+                    entry,
                     "__dict__",
                     {
                         "path": path,
@@ -230,24 +234,9 @@ class _Walk:
                         "link": None,
                     },
                 )
-                add(e)
+                add(entry)
             else:
-                add(
-                    FileEntry(
-                        path,
-                        kind,
-                        mode & 0o7777,
-                        st.st_uid,
-                        st.st_gid,
-                        st.st_size,
-                        st.st_mtime_ns,
-                        st.st_ctime_ns,
-                        st.st_ino,
-                        st.st_nlink,
-                        target,
-                        rdev,
-                    )
-                )
+                add(_entry_of(path, st, kind, target, rdev))
         self.dirs[rel] = entries
         return subdirs
 

@@ -107,7 +107,7 @@ def extent_findings(
             warning(
                 LABEL_SECTOR0,
                 f"{volume} covers the {_describe(front)} on {disk}: backing it up is allowed, "
-                f"but restoring it overwrites the disk's {label.kind.title} ({_PRESERVE})",
+                f"but restoring it overwrites the disk's {label.kind.spoken} ({_PRESERVE})",
                 **base,
                 ranges=_spans(front),
             )
@@ -159,7 +159,7 @@ def _cylinder0_finding(
 
 def _partition_finding(label: DiskLabel, matches: list[LabelPartition], base: dict) -> Finding:
     disk, volume = base["disk"], base["volume"]
-    where = f"the {label.kind.title} on {disk}"
+    where = f"the {label.kind.spoken} on {disk}"
     if matches:
         best = matches[0]
         return info(
@@ -212,7 +212,7 @@ def volume_label_findings(
     return [
         warning(
             VOLUME_HOLDS_LABEL,
-            f"{volume} begins with a disk label ({label.kind.title}): restoring its image "
+            f"{volume} begins with a disk label ({label.kind.spoken}): restoring its image "
             "writes that label to the destination (use --preserve-label to keep the "
             "destination's)",
             volume=volume,

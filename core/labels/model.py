@@ -15,7 +15,7 @@ class LabelKind(StrEnum):
     BSD = "bsd"
 
     @property
-    def title(self) -> str:
+    def spoken(self) -> str:
         """The name people use for this kind of label in a sentence ("the Sun VTOC")."""
         return _TITLES[self]
 

@@ -1,6 +1,7 @@
 """What ``query image`` shows: images per volume, newest first, active or inactive.
 
-Derived from the manifests alone, so it can always be rebuilt.
+Derived from the manifests alone, so it can always be rebuilt; it knows volumes only
+by the names their records carry (block devices are the business of the floors above).
 """
 
 from __future__ import annotations
@@ -10,21 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.devices import BlockDevice
 from core.repo.format import ImageManifest
 from core.repo.repository import Repository
-
-
-def volume_key(device: BlockDevice, fstab_mount_point: str | None = None) -> str:
-    """Return the name images of a volume are filed under.
-
-    The guide files an image under its file space (the mount point): the current one,
-    else the one fstab gives; a raw volume, or a file system with neither, under its
-    device path.
-    """
-    if device.mount_points:
-        return device.mount_points[0]
-    return fstab_mount_point or device.path
 
 
 @dataclass(frozen=True)
@@ -88,14 +76,3 @@ def volume_matches(v: Mapping[str, Any], names: Iterable[str]) -> bool:
     wanted = {os.path.normpath(n) for n in names}
     recorded = {v.get("key"), v.get("device"), v.get("mount_point")}
     return bool(wanted & {os.path.normpath(r) for r in recorded if r})
-
-
-def target_names(target: str, device: BlockDevice | None) -> list[str]:
-    """Return the names under which images of ``target`` may be filed.
-
-    A TARGET that no longer resolves (the disk died) still matches by the name given.
-    """
-    names = [os.path.abspath(target)]
-    if device is not None:
-        names += [device.path, *device.mount_points]
-    return names

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from core import findings as F
 from core.errors import BlockvaultError
 from core.findings import Finding, ReturnCode
 from core.progress import Meter, ProgressFn
+from core.repo.filemanifest import FileManifest
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, decode_chunk
 from core.repo.repository import Repository
 from core.repo.store import ObjectMissing
@@ -49,13 +50,22 @@ class CheckReport:
         }
 
 
-def _manifests(repo: Repository, report: CheckReport) -> Iterator[ImageManifest]:
-    for image_id in repo.image_ids():
+_Manifest = TypeVar("_Manifest", ImageManifest, FileManifest)
+
+
+def _readable(
+    report: CheckReport, what: str, ids: Iterable[str], load: Callable[[str], _Manifest]
+) -> Iterator[tuple[str, _Manifest]]:
+    """Yield ``(id, manifest)`` for each manifest ``load`` can read; a finding for each it cannot.
+
+    ``what`` ("image", "increment") names the kind in the finding and its details.
+    """
+    for manifest_id in ids:
         try:
-            yield repo.image(image_id)
+            yield manifest_id, load(manifest_id)
         except (DamagedObject, ObjectMissing) as e:
             report.findings.append(
-                F.blocker("MANIFEST_DAMAGED", f"image {image_id}: {e}", image=image_id)
+                F.blocker("MANIFEST_DAMAGED", f"{what} {manifest_id}: {e}", **{what: manifest_id})
             )
 
 
@@ -77,7 +87,7 @@ def _check(
     repo: Repository, progress: ProgressFn | None, cancel: threading.Event | None
 ) -> CheckReport:
     report = CheckReport()
-    manifests = list(_manifests(repo, report))
+    manifests = [m for _, m in _readable(report, "image", repo.image_ids(), repo.image)]
     report.images = len(manifests)
     keys = list(repo.store.list("chunks"))
     stored = {bytes.fromhex(k.split("/", 1)[1]) for k in keys}
@@ -131,16 +141,7 @@ def _check(
                         offset=offset,
                     )
                 )
-    for increment_id in repo.increment_ids():
-        try:
-            inc = repo.increment(increment_id)
-        except (DamagedObject, ObjectMissing) as e:
-            report.findings.append(
-                F.blocker(
-                    "MANIFEST_DAMAGED", f"increment {increment_id}: {e}", increment=increment_id
-                )
-            )
-            continue
+    for increment_id, inc in _readable(report, "increment", repo.increment_ids(), repo.increment):
         report.increments += 1
         for entry in inc.entries:
             for piece, digest in enumerate(entry.chunks):
@@ -188,25 +189,7 @@ def prune_repository(repo: Repository) -> PruneReport:
     """Delete chunks that no image names, and leftovers of interrupted writes."""
     report = PruneReport()
     with repo.lock(exclusive=True):
-        referenced: set[str] = set()
-        for image_id in repo.image_ids():
-            try:
-                m = repo.image(image_id)
-            except DamagedObject as e:
-                raise PruneRefused(
-                    f"prune refused: image {image_id} is unreadable ({e.message}), so the "
-                    "chunks it needs are unknown; delete it or repair the repository first"
-                ) from None
-            referenced.update(d.hex() for d in m.stored_digests())
-        for increment_id in repo.increment_ids():
-            try:
-                inc = repo.increment(increment_id)
-            except DamagedObject as e:
-                raise PruneRefused(
-                    f"prune refused: increment {increment_id} is unreadable ({e.message}), so "
-                    "the chunks it needs are unknown; delete it or repair the repository first"
-                ) from None
-            referenced.update(d.hex() for d in inc.stored_digests())
+        referenced = _referenced(repo)
         for key in list(repo.store.list("chunks")):
             if key.split("/", 1)[1] in referenced:
                 report.chunks_kept += 1
@@ -219,3 +202,27 @@ def prune_repository(repo: Repository) -> PruneReport:
             os.unlink(path)
             report.temp_files_removed += 1
     return report
+
+
+def _referenced(repo: Repository) -> set[str]:
+    """Return the names (hex digests) of the chunks some image or increment needs.
+
+    Raises:
+        PruneRefused: a manifest is unreadable, so the chunks it needs are unknown.
+    """
+    kinds: tuple[tuple[str, list[str], Callable[[str], ImageManifest | FileManifest]], ...] = (
+        ("image", repo.image_ids(), repo.image),
+        ("increment", repo.increment_ids(), repo.increment),
+    )
+    referenced: set[str] = set()
+    for what, ids, load in kinds:
+        for manifest_id in ids:
+            try:
+                manifest = load(manifest_id)
+            except DamagedObject as e:
+                raise PruneRefused(
+                    f"prune refused: {what} {manifest_id} is unreadable ({e.message}), so the "
+                    "chunks it needs are unknown; delete it or repair the repository first"
+                ) from None
+            referenced.update(d.hex() for d in manifest.stored_digests())
+    return referenced

@@ -13,9 +13,10 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from core.repo.filemanifest import (
     FileManifest,
@@ -30,6 +31,8 @@ from core.repo.format import (
     encode_manifest,
 )
 from core.repo.store import LocalStore, ObjectMissing, RepositoryError
+
+T = TypeVar("T")
 
 REPO_ENV = "BLOCKVAULT_REPO"
 ROOT_DEFAULT = "/var/lib/blockvault/repo"
@@ -184,26 +187,38 @@ class Repository:
         """Return a chunk's plain bytes, verified against its digest."""
         return decode_chunk(self.store.get(chunk_key(digest)), digest)
 
-    # --- images ------------------------------------------------------------------------
+    # --- manifests: images and increments ----------------------------------------------
+    # Both kinds live under a folder of their own, named by id; a manifest is stored
+    # last and durably, after its chunks, so a visible manifest never lacks a chunk.
+
+    def _put_manifest(self, folder: str, object_id: str, data: bytes) -> None:
+        self.store.sync()
+        self.store.put(f"{folder}/{object_id}", data, durable=True)
+
+    def _ids(self, folder: str) -> list[str]:
+        return sorted(k.split("/", 1)[1] for k in self.store.list(folder))
+
+    def _get_manifest(self, folder: str, object_id: str, decode: Callable[[bytes, str], T]) -> T:
+        key = f"{folder}/{object_id}"
+        try:
+            return decode(self.store.get(key), key)
+        except ObjectMissing:
+            what = folder.removesuffix("s")
+            raise RepositoryError(
+                f"no {what} {object_id} in {self.location}; see 'blockvault query image'"
+            ) from None
 
     def put_image(self, manifest: ImageManifest) -> None:
         """Make every chunk durable, then store the manifest: the image becomes visible."""
-        self.store.sync()
-        self.store.put(f"images/{manifest.id}", encode_manifest(manifest), durable=True)
+        self._put_manifest("images", manifest.id, encode_manifest(manifest))
 
     def image_ids(self) -> list[str]:
         """Return the ids of every image (ids sort by time)."""
-        return sorted(k.split("/", 1)[1] for k in self.store.list("images"))
+        return self._ids("images")
 
     def image(self, image_id: str) -> ImageManifest:
         """Return one image's manifest."""
-        key = f"images/{image_id}"
-        try:
-            return decode_manifest(self.store.get(key), key)
-        except ObjectMissing:
-            raise RepositoryError(
-                f"no image {image_id} in {self.location}; see 'blockvault query image'"
-            ) from None
+        return self._get_manifest("images", image_id, decode_manifest)
 
     def images(self) -> list[ImageManifest]:
         """Return every image's manifest, oldest first."""
@@ -213,26 +228,17 @@ class Repository:
         """Remove an image's manifest; its chunks stay until ``repo prune``."""
         self.store.delete(f"images/{image_id}")
 
-    # --- increments ------------------------------------------------------------------
-
     def put_increment(self, manifest: FileManifest) -> None:
         """Make every chunk durable, then store the file manifest: the increment is visible."""
-        self.store.sync()
-        self.store.put(f"increments/{manifest.id}", encode_file_manifest(manifest), durable=True)
+        self._put_manifest("increments", manifest.id, encode_file_manifest(manifest))
 
     def increment_ids(self) -> list[str]:
         """Return the ids of every increment (ids sort by time)."""
-        return sorted(k.split("/", 1)[1] for k in self.store.list("increments"))
+        return self._ids("increments")
 
     def increment(self, increment_id: str) -> FileManifest:
         """Return one increment's file manifest."""
-        key = f"increments/{increment_id}"
-        try:
-            return decode_file_manifest(self.store.get(key), key)
-        except ObjectMissing:
-            raise RepositoryError(
-                f"no increment {increment_id} in {self.location}; see 'blockvault query image'"
-            ) from None
+        return self._get_manifest("increments", increment_id, decode_file_manifest)
 
     def increments(self) -> list[FileManifest]:
         """Return every increment's file manifest, oldest first."""

@@ -65,7 +65,8 @@ def cmd_query_backup(args: argparse.Namespace, out: Console) -> int:
     from core.devices import scan
     from core.increments.chain import file_versions
     from core.mounts import mount_containing
-    from core.repo.catalog import target_names, volume_matches
+    from core.repo.catalog import volume_matches
+    from core.targets import target_names
 
     repo = Repository.open(args.repo, create=False)
     path = os.path.abspath(args.path)

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.text import Text
+from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Log, Static
 
@@ -88,7 +89,7 @@ class JobReport(Vertical):
         self._log_len = 0
         self._job: str | None = None
 
-    def compose(self):  # type: ignore[no-untyped-def]
+    def compose(self) -> ComposeResult:
         yield Static("no job selected: b starts a backup", id="job-summary")
         yield Static("", id="job-figures")
         yield Log(id="job-log", max_lines=500)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.markup import escape
+from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
@@ -53,7 +54,7 @@ class VolumeDetails(VerticalScroll):
     VolumeDetails > .heading { text-style: bold; color: $accent; margin-top: 1; }
     """
 
-    def compose(self):  # type: ignore[no-untyped-def]
+    def compose(self) -> ComposeResult:
         yield Static("Scanning devices…", id="volume-identity")
         yield Static("findings", classes="heading")
         yield Static("", id="volume-findings")
