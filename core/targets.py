@@ -7,12 +7,14 @@ A TARGET is a block device path (symlinks such as ``/dev/disk/by-uuid/…`` or
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from dataclasses import dataclass
 
 from core.devices import BlockDevice, DeviceTree
 from core.errors import TargetError
 from core.mounts import Mount, mount_containing
+from core.repo.format import VolumeRecord
 
 
 @dataclass(frozen=True)
@@ -125,3 +127,30 @@ def target_names(target: str, device: BlockDevice | None) -> list[str]:
     if device is not None:
         names += [device.path, *device.mount_points]
     return names
+
+
+def volume_record(
+    device: BlockDevice, *, key: str, mount_point: str | None, size: int, host: str | None = None
+) -> VolumeRecord:
+    """Return the record a manifest keeps of ``device``, backed up as ``key``.
+
+    Args:
+        device: the volume's device as scanned when the backup started.
+        key: the name its backups are filed under (:func:`volume_key`).
+        mount_point: where its file system was mounted for the backup, if it was.
+        size: the bytes the backup covers (the snapshot's size for an image).
+        host: the machine's name (default: this machine's).
+    """
+    return VolumeRecord(
+        key=key,
+        device=device.path,
+        mount_point=mount_point,
+        fstype=device.fstype,
+        uuid=device.uuid,
+        fs_label=device.fs_label,
+        size=size,
+        sector_size=device.sector_size,
+        kind=device.kind.value,
+        serial=device.serial,
+        host=socket.gethostname() if host is None else host,
+    )

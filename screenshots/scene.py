@@ -44,12 +44,12 @@ from core.labels import ByteRange, DiskLabel, LabelKind, LabelPartition, extent_
 from core.mounts import Mount, mount_containing
 from core.preflight import VolumeCheck
 from core.progress import Progress
-from core.repo.catalog import CatalogEntry, volume_matches
+from core.repo.catalog import CatalogEntry, catalog_of, volume_matches
 from core.repo.filemanifest import FileManifest
-from core.repo.format import ImageManifest
+from core.repo.format import ImageManifest, VolumeRecord
 from core.repo.repository import ROOT_DEFAULT
 from core.signatures import FsType, Signature
-from core.targets import Volume, target_names
+from core.targets import Volume, target_names, volume_record
 from tui.services import Catalog, CoreServices
 from tui.widgets.device_tree import DeviceTreeView
 
@@ -177,27 +177,23 @@ DEVICES = DeviceTree(
                 parent="sda",
                 extent=Extent("/dev/sda", 0, SDA2_SIZE),
             ),
-            _device(
-                "sdb",
-                DeviceKind.DISK,
-                8,
-                16,
-                240 * GiB,
-                model="INTEL SSDSC2KB240G8",
-                serial="PHYF0423017S240AGN",
-                holders=("md0",),
-                children=("md0",),
-            ),
-            _device(
-                "sdc",
-                DeviceKind.DISK,
-                8,
-                32,
-                240 * GiB,
-                model="INTEL SSDSC2KB240G8",
-                serial="PHYF0423019K240AGN",
-                holders=("md0",),
-                children=("md0",),
+            # The root file system's RAID 1 mirror: two like disks.
+            *(
+                _device(
+                    name,
+                    DeviceKind.DISK,
+                    8,
+                    minor,
+                    240 * GiB,
+                    model="INTEL SSDSC2KB240G8",
+                    serial=serial,
+                    holders=("md0",),
+                    children=("md0",),
+                )
+                for name, minor, serial in (
+                    ("sdb", 16, "PHYF0423017S240AGN"),
+                    ("sdc", 32, "PHYF0423019K240AGN"),
+                )
             ),
             _device(
                 "md0",
@@ -325,20 +321,10 @@ CHECKS: dict[str, tuple[Finding, ...]] = {
 # --- the repository -------------------------------------------------------------------------
 
 
-def _volume_record(dev: BlockDevice) -> dict[str, Any]:
-    return {
-        "key": dev.mount_points[0] if dev.mount_points else dev.path,
-        "device": dev.path,
-        "mount_point": dev.mount_points[0] if dev.mount_points else None,
-        "fstype": dev.fstype,
-        "uuid": dev.uuid,
-        "fs_label": dev.fs_label,
-        "size": dev.size,
-        "sector_size": dev.sector_size,
-        "kind": dev.kind.value,
-        "serial": dev.serial,
-        "host": HOST,
-    }
+def _volume_record(dev: BlockDevice) -> VolumeRecord:
+    key = dev.mount_points[0] if dev.mount_points else dev.path
+    mount_point = dev.mount_points[0] if dev.mount_points else None
+    return volume_record(dev, key=key, mount_point=mount_point, size=dev.size, host=HOST)
 
 
 def _image(
@@ -453,14 +439,7 @@ KEEP_VERSIONS = 3
 
 
 def _catalog(images: tuple[ImageManifest, ...]) -> tuple[CatalogEntry, ...]:
-    by_volume: dict[str, list[ImageManifest]] = {}
-    for m in images:
-        by_volume.setdefault(str(m.volume["key"]), []).append(m)
-    return tuple(
-        CatalogEntry(m, version=i + 1, active=i < KEEP_VERSIONS)
-        for key in sorted(by_volume)
-        for i, m in enumerate(sorted(by_volume[key], key=lambda m: m.started, reverse=True))
-    )
+    return tuple(catalog_of(images, KEEP_VERSIONS))
 
 
 CATALOG = Catalog(_catalog(SRV_IMAGES + OTHER_IMAGES), SRV_INCREMENTS, DEVICES)

@@ -241,7 +241,7 @@ def test_console_backs_up_a_volume_by_keys_and_quits_cleanly(loopkit, console, t
     assert job_state(screen) == "done", screen
     # The data, not only the screen: the repository holds one image of this device.
     images = Repository.open(repo, create=False).images()
-    assert [m.volume["device"] for m in images] == [vol.device]
+    assert [m.volume.device for m in images] == [vol.device]
 
     pane.keys("q")  # no job runs: quits without asking
     assert pane.wait_exit() == "status 0", pane.screen()

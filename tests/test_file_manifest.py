@@ -14,7 +14,7 @@ from core.repo.filemanifest import (
     decode_file_manifest,
     encode_file_manifest,
 )
-from core.repo.format import DamagedObject
+from core.repo.format import DamagedObject, VolumeRecord
 
 ENTRIES = (
     FileEntry(".", "d", 0o755, 0, 0, 4096, 10, 11, 2, 3),
@@ -39,7 +39,9 @@ ENTRIES = (
 
 
 def manifest(entries=ENTRIES) -> FileManifest:
-    return FileManifest("inc1", {"key": "/srv"}, "img1", None, "s", "f", tuple(entries))
+    return FileManifest(
+        "inc1", VolumeRecord(key="/srv", device="/dev/srv"), "img1", None, "s", "f", tuple(entries)
+    )
 
 
 def stored_with(rows: list, count: int | None = None) -> bytes:
@@ -52,7 +54,7 @@ def test_round_trip_keeps_every_field_and_odd_names():
     back = decode_file_manifest(encode_file_manifest(manifest()))
     assert back.entries == ENTRIES
     assert {hash(e) for e in back.entries} == {hash(e) for e in ENTRIES}
-    assert back.base_image == "img1" and back.volume == {"key": "/srv"}
+    assert back.base_image == "img1" and back.volume == manifest().volume
 
 
 GOOD = ENTRIES[2].to_row()

@@ -120,7 +120,7 @@ def test_first_increment_stores_every_file_and_lists_every_path(mp, repo):
     assert report.return_code == 0, report.findings
     assert report.base_image == image and report.previous is None
     assert m.base_image == image and m.previous is None
-    assert m.volume["key"] == str(mp) and m.volume["mount_point"] == str(mp)
+    assert m.volume.key == str(mp) and m.volume.mount_point == str(mp)
     assert {e.path for e in m.entries} == live_paths(mp)
     assert m.entries == entries_sorted(m.entries)
     assert report.files_scanned == report.files_new == len(m.entries)

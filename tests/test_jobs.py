@@ -156,7 +156,7 @@ def test_image_job_runs_to_done_with_progress_samples_log_and_its_image_stored(
     image_id = view.report["image_id"]
     assert image_ids(repo_location) == [image_id]
     manifest = Repository.open(repo_location, create=False).image(image_id)
-    assert manifest.volume["device"] == vol.device
+    assert manifest.volume.device == vol.device
     # The mount point was resolved to its device when queued: that device's I/O is graphed.
     assert view.device == vol.device
     assert view.progress is not None and view.progress.done > 0

@@ -27,7 +27,7 @@ from core.increments.replay import (
 )
 from core.progress import Cancelled, Progress
 from core.repo.filemanifest import FILE_CHUNK, FileEntry, FileManifest
-from core.repo.format import ZERO_ID, chunk_digest, encode_chunk
+from core.repo.format import ZERO_ID, VolumeRecord, chunk_digest, encode_chunk
 from core.repo.repository import Repository
 
 pytestmark = pytest.mark.loop
@@ -122,7 +122,15 @@ def node(path: str, kind: str, mode: int = 0o600, rdev: int = 0, mtime: int = T0
 
 
 def manifest(*entries: FileEntry, mid: str = "m1") -> FileManifest:
-    return FileManifest(mid, {}, "image-1", None, "start", "end", tuple(entries))
+    return FileManifest(
+        mid,
+        VolumeRecord(key="/mnt", device="/dev/mnt"),
+        "image-1",
+        None,
+        "start",
+        "end",
+        tuple(entries),
+    )
 
 
 def written_len(data: bytes) -> int:

@@ -99,11 +99,11 @@ def test_root_file_system_device_is_a_blocker_in_the_plan():
 
 
 def _manifest_of_size(size: int):
-    from core.repo.format import ZERO_ID, ImageManifest
+    from core.repo.format import ZERO_ID, ImageManifest, VolumeRecord
 
     return ImageManifest(
         id="plan-only",
-        volume={"key": "/x", "device": "/dev/none"},
+        volume=VolumeRecord(key="/x", device="/dev/none"),
         imagetype="static",
         fuzzy=False,
         started="2026-11-25T00:00:00+00:00",

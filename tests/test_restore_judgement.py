@@ -28,7 +28,7 @@ from core.engine.guards import (
 from core.findings import Severity
 from core.labels import ByteRange, DiskLabel, LabelKind, LabelPartition
 from core.mounts import Mount, ProcessUse
-from core.repo.format import ID_BYTES, ZERO_ID, ImageManifest
+from core.repo.format import ID_BYTES, ZERO_ID, ImageManifest, VolumeRecord
 from core.signatures import FsType, Signature
 
 MiB = 1 << 20
@@ -69,7 +69,7 @@ def image(size: int, *, chunks: int = 1, **kw: Any) -> ImageManifest:
     """An image of ``size`` bytes whose first ``chunks`` chunks hold data."""
     count = -(-size // (4 * MiB))
     table = b"\x01" * ID_BYTES * min(chunks, count) + ZERO_ID * max(0, count - chunks)
-    volume = {"key": "/src", "device": "/dev/src"} | kw.pop("volume", {})
+    volume = VolumeRecord(**({"key": "/src", "device": "/dev/src"} | kw.pop("volume", {})))
     return ImageManifest(
         id="20250310T210004Z-9b04e7",
         volume=volume,

@@ -10,7 +10,6 @@ whatever the volume's size.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from core.repo.repository import Repository, now_iso
 from core.report import JobReport
 from core.signatures import probe
 from core.snapshots import ImageType, ReadView, consistent_view, recover_interrupted
-from core.targets import Volume, resolve, volume_key
+from core.targets import resolve, volume_key, volume_record
 from core.usedblocks import UsedMap, used_map_or_whole
 from core.workers import run_workers
 
@@ -120,23 +119,6 @@ def _chunk_ranges(
     return sorted(work.items())
 
 
-def _volume_record(vol: Volume, view: ReadView, key: str) -> dict[str, Any]:
-    dev = vol.device
-    return {
-        "key": key,
-        "device": dev.path,
-        "mount_point": dev.mount_points[0] if dev.mount_points else None,
-        "fstype": dev.fstype,
-        "uuid": dev.uuid,
-        "fs_label": dev.fs_label,
-        "size": view.size,
-        "sector_size": dev.sector_size,
-        "kind": dev.kind.value,
-        "serial": dev.serial,
-        "host": socket.gethostname(),
-    }
-
-
 def new_image_id() -> str:
     """Return a fresh image id: sortable by time, unique across hosts."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(3).hex()
@@ -221,7 +203,12 @@ def backup_image(
         report.duration = (datetime.now(UTC) - meter_t0).total_seconds()
         manifest = ImageManifest(
             id=report.image_id,
-            volume=_volume_record(vol, view, key),
+            volume=volume_record(
+                vol.device,
+                key=key,
+                mount_point=vol.device.mount_points[0] if vol.device.mount_points else None,
+                size=view.size,
+            ),
             imagetype=view.imagetype.value,
             fuzzy=view.fuzzy,
             started=started,
@@ -252,7 +239,7 @@ def _previous_digests(repo: Repository, key: str) -> set[bytes]:
     One batch lookup up front instead of one per chunk; a chunk ``repo check`` found
     missing is then simply stored again by this backup.
     """
-    mine = [e for e in catalog(repo) if e.manifest.volume.get("key") == key]
+    mine = [e for e in catalog(repo) if e.manifest.volume.key == key]
     return repo.stored_chunks(mine[0].manifest.stored_digests()) if mine else set()
 
 

@@ -408,7 +408,7 @@ def _content_findings(manifest: ImageManifest, dev: BlockDevice) -> list[Finding
     """Say what the restore replaces: a file system (maybe the image's own), the source."""
     out: list[Finding] = []
     if dev.signature is not None:
-        same = dev.uuid is not None and dev.uuid == manifest.volume.get("uuid")
+        same = dev.uuid is not None and dev.uuid == manifest.volume.uuid
         what = f"{dev.fstype}" + (f" '{dev.fs_label}'" if dev.fs_label else "")
         out.append(
             F.warning(
@@ -419,7 +419,7 @@ def _content_findings(manifest: ImageManifest, dev: BlockDevice) -> list[Finding
                 + "; everything on it will be replaced",
             )
         )
-    if manifest.volume.get("device") == dev.path:
+    if manifest.volume.device == dev.path:
         out.append(F.info("DEST_IS_SOURCE", f"{dev.path} is the volume the image was taken from"))
     return out
 

@@ -349,7 +349,7 @@ def verify_dest(
 
 def _fsck(device: str, manifest: ImageManifest) -> Finding:
     """Run a read-only file-system check after restoring a fuzzy image."""
-    fstype = manifest.volume.get("fstype") or ""
+    fstype = manifest.volume.fstype or ""
     cmd = ["e2fsck", "-fn", device] if fstype.startswith("ext") else ["fsck", "-n", device]
     if fstype == "xfs":
         cmd = ["xfs_repair", "-n", device]

@@ -27,7 +27,6 @@ import ctypes
 import errno
 import mmap
 import os
-import socket
 import stat
 import threading
 import time
@@ -57,7 +56,7 @@ from core.repo.filemanifest import (
 from core.repo.format import ZERO_ID, chunk_digest, encode_chunk
 from core.repo.repository import Repository, now_iso
 from core.report import JobReport
-from core.targets import Volume, resolve, volume_key
+from core.targets import Volume, resolve, volume_key, volume_record
 from core.workers import run_workers
 
 MAX_NAMED = 3
@@ -202,24 +201,17 @@ class _Outcome:
     """Still changing on the second read: the entry holds what was read."""
 
 
+@dataclass(eq=False)
 class _Pipeline:
     """State the reading workers share: the repository, known pieces, the report."""
 
-    def __init__(
-        self,
-        repo: Repository,
-        opener: _Opener,
-        known: set[bytes],
-        report: IncrementReport,
-        meter: Meter,
-    ) -> None:
-        self.repo = repo
-        self.opener = opener
-        self.known = known
-        self.in_flight: set[bytes] = set()
-        self.report = report
-        self.meter = meter
-        self.lock = threading.Lock()
+    repo: Repository
+    opener: _Opener
+    known: set[bytes]
+    report: IncrementReport
+    meter: Meter
+    in_flight: set[bytes] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def run(self, jobs: Sequence[_Job], workers: int) -> list[_Outcome]:
         """Read every job with ``workers`` threads; return the outcomes in job order."""
@@ -422,7 +414,7 @@ def _whole_mount(vol: Volume, target: str) -> Mount:
 
 
 def _newest_image(repo: Repository, key: str, target: str) -> str:
-    mine = [e for e in catalog(repo) if e.manifest.volume.get("key") == key]
+    mine = [e for e in catalog(repo) if e.manifest.volume.key == key]
     if not mine:
         raise NoFullImage(
             f"no image of {target}: take one first with 'blockvault backup image {target}'"
@@ -433,7 +425,7 @@ def _newest_image(repo: Repository, key: str, target: str) -> str:
 def _previous_increment(repo: Repository, key: str) -> FileManifest | None:
     for inc_id in reversed(repo.increment_ids()):
         m = repo.increment(inc_id)
-        if m.volume.get("key") == key:
+        if m.volume.key == key:
             return m
     return None
 
@@ -454,23 +446,6 @@ def new_increment_id(previous: str | None = None) -> str:
             before = datetime.strptime(previous.split("-", 1)[0], _ID_TIME).replace(tzinfo=UTC)
             now = max(now, before + timedelta(microseconds=1))
     return now.strftime(_ID_TIME) + "-" + os.urandom(3).hex()
-
-
-def _volume_record(vol: Volume, mount: Mount, key: str) -> dict[str, Any]:
-    dev = vol.device
-    return {
-        "key": key,
-        "device": dev.path,
-        "mount_point": mount.mount_point,
-        "fstype": dev.fstype,
-        "uuid": dev.uuid,
-        "fs_label": dev.fs_label,
-        "size": dev.size,
-        "sector_size": dev.sector_size,
-        "kind": dev.kind.value,
-        "serial": dev.serial,
-        "host": socket.gethostname(),
-    }
 
 
 _identity = attrgetter(*(f for f in ENTRY_FIELDS if f not in ("path", "chunks")))
@@ -644,7 +619,9 @@ def backup_increment(
             report.duration = time.monotonic() - t0
             manifest = FileManifest(
                 id=report.increment_id,
-                volume=_volume_record(vol, mount, key),
+                volume=volume_record(
+                    vol.device, key=key, mount_point=mount.mount_point, size=vol.device.size
+                ),
                 base_image=base_image,
                 previous=report.previous,
                 started=started,

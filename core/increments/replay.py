@@ -326,37 +326,31 @@ def _set_named_metadata(dir_fd: int, name: str, e: FileEntry, *, symlink: bool) 
     os.utime(name, ns=(e.mtime_ns, e.mtime_ns), dir_fd=dir_fd, follow_symlinks=False)
 
 
+@dataclass(eq=False)
 class _Replay:
     """One replay: the checked entries, the open root and the running counts."""
 
-    def __init__(
-        self,
-        entries: tuple[FileEntry, ...],
-        root: str,
-        root_fd: int,
-        repo: Repository,
-        *,
-        delete: bool,
-        report: ReplayReport,
-        meter: Meter,
-    ) -> None:
-        self.entries = entries
-        self.root = root
-        self.root_fd = root_fd
-        self.repo = repo
-        self.delete = delete
-        self.report = report
-        self.meter = meter
-        self.dirs = Beneath(root_fd)
-        self.link_dirs = Beneath(root_fd)
-        """A second walker: a hard link's first path lies elsewhere than the link."""
-        self.children: dict[str, set[str]] = {}
-        for e in entries:
+    entries: tuple[FileEntry, ...]
+    root: str
+    root_fd: int
+    repo: Repository
+    delete: bool
+    report: ReplayReport
+    meter: Meter
+    dirs: Beneath = field(init=False)
+    link_dirs: Beneath = field(init=False)
+    """A second walker: a hard link's first path lies elsewhere than the link."""
+    children: dict[str, set[str]] = field(init=False, default_factory=dict)
+    sockets: list[str] = field(init=False, default_factory=list)
+    _dirs_done: list[FileEntry] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.dirs = Beneath(self.root_fd)
+        self.link_dirs = Beneath(self.root_fd)
+        for e in self.entries:
             if e.path != ".":
                 parent, _, name = e.path.rpartition("/")
                 self.children.setdefault(parent or ".", set()).add(name)
-        self.sockets: list[str] = []
-        self._dirs_done: list[FileEntry] = []
 
     def close(self) -> None:
         self.dirs.close()

@@ -126,7 +126,7 @@ def restore_with_increments(
     )
     if point.increment is None:
         return IncrementalRestoreReport(restored, None, None)
-    with private_mount(restored.dest, image.volume.get("fstype")) as root:
+    with private_mount(restored.dest, image.volume.fstype) as root:
         replayed = replay(
             point.increment, root, repo, delete=delete, progress=progress, cancel=cancel
         )

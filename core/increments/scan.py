@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from operator import attrgetter
+from typing import ClassVar
 
 from core.mounts import read_mounts
 from core.progress import Cancelled
@@ -117,31 +118,25 @@ def _mounts_below(root: str) -> frozenset[str]:
     return frozenset(below)
 
 
+@dataclass(eq=False)
 class _Walk:
     """The walk's shared state: per-directory results, the hand-off queue, problems."""
 
-    HANDOFF_LIMIT = 8
+    HANDOFF_LIMIT: ClassVar[int] = 8
     """Subtrees waiting for an idle thread at most (each holds an open descriptor)."""
 
-    def __init__(
-        self,
-        device: int,
-        stop_at: frozenset[str],
-        cancel: threading.Event | None,
-        workers: int,
-    ) -> None:
-        self.device = device
-        self.stop_at = stop_at
-        self.cancel = cancel
-        self.workers = workers
-        self.dirs: dict[str, list[FileEntry]] = {}
-        self.problems: list[ScanProblem] = []
-        self.mount_points: list[str] = []
-        self.pending: list[tuple[int, str]] = []
-        self.cond = threading.Condition()
-        self.idle = 0
-        self.busy = 0
-        self.failure: BaseException | None = None
+    device: int
+    stop_at: frozenset[str]
+    cancel: threading.Event | None
+    workers: int
+    dirs: dict[str, list[FileEntry]] = field(default_factory=dict)
+    problems: list[ScanProblem] = field(default_factory=list)
+    mount_points: list[str] = field(default_factory=list)
+    pending: list[tuple[int, str]] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    idle: int = 0
+    busy: int = 0
+    failure: BaseException | None = None
 
     # --- one directory -----------------------------------------------------------------
 

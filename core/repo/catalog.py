@@ -7,11 +7,10 @@ by the names their records carry (block devices are the business of the floors a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from core.repo.format import ImageManifest
+from core.repo.format import ImageManifest, VolumeRecord
 from core.repo.repository import Repository
 
 
@@ -29,12 +28,12 @@ class CatalogEntry:
         m = self.manifest
         return {
             "id": m.id,
-            "volume": m.volume.get("key"),
-            "device": m.volume.get("device"),
-            "mount_point": m.volume.get("mount_point"),
-            "fstype": m.volume.get("fstype"),
-            "uuid": m.volume.get("uuid"),
-            "host": m.volume.get("host"),
+            "volume": m.volume.key,
+            "device": m.volume.device,
+            "mount_point": m.volume.mount_point,
+            "fstype": m.volume.fstype,
+            "uuid": m.volume.uuid,
+            "host": m.volume.host,
             "started": m.started,
             "finished": m.finished,
             "size": m.size,
@@ -49,13 +48,18 @@ class CatalogEntry:
 def catalog(
     repo: Repository, manifests: Sequence[ImageManifest] | None = None
 ) -> list[CatalogEntry]:
-    """Return every image, grouped by volume, newest first within each volume."""
-    manifests = repo.images() if manifests is None else manifests
+    """Return every image of ``repo`` (or ``manifests``), by volume, newest first in each."""
+    return catalog_of(
+        repo.images() if manifests is None else manifests, repo.config.keep_versions
+    )
+
+
+def catalog_of(manifests: Iterable[ImageManifest], keep: int) -> list[CatalogEntry]:
+    """Return ``manifests`` by volume, newest first in each; the newest ``keep`` are active."""
     by_volume: dict[str, list[ImageManifest]] = {}
     for m in manifests:
-        by_volume.setdefault(str(m.volume.get("key")), []).append(m)
+        by_volume.setdefault(m.volume.key, []).append(m)
     out: list[CatalogEntry] = []
-    keep = repo.config.keep_versions
     for key in sorted(by_volume):
         versions = sorted(by_volume[key], key=lambda m: (m.started, m.id), reverse=True)
         out.extend(CatalogEntry(m, version=i + 1, active=i < keep) for i, m in enumerate(versions))
@@ -67,12 +71,11 @@ def matches(entry: CatalogEntry, names: Iterable[str]) -> bool:
     return volume_matches(entry.manifest.volume, names)
 
 
-def volume_matches(v: Mapping[str, Any], names: Iterable[str]) -> bool:
+def volume_matches(v: VolumeRecord, names: Iterable[str]) -> bool:
     """True when the volume record (of an image or increment) is known by one of ``names``.
 
     Names only, never the file-system UUID: a restored copy carries its original's
     UUID, and must not pick up (or delete) the original's backups.
     """
     wanted = {os.path.normpath(n) for n in names}
-    recorded = {v.get("key"), v.get("device"), v.get("mount_point")}
-    return bool(wanted & {os.path.normpath(r) for r in recorded if r})
+    return bool(wanted & {os.path.normpath(r) for r in v.names})

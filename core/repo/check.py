@@ -5,18 +5,19 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from core import findings as F
 from core.errors import BlockvaultError
-from core.findings import Finding, ReturnCode
+from core.findings import Finding
 from core.progress import Meter, ProgressFn
 from core.repo.filemanifest import FileManifest
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, decode_chunk
 from core.repo.repository import Repository
 from core.repo.store import ObjectMissing
+from core.report import JobReport
+from core.workers import run_workers
 
 
 class PruneRefused(BlockvaultError):
@@ -24,30 +25,15 @@ class PruneRefused(BlockvaultError):
 
 
 @dataclass
-class CheckReport:
-    """What ``repo check`` found."""
+class CheckReport(JobReport):
+    """What ``repo check`` found: 0 when everything verified, 12 when anything is damaged."""
 
     images: int = 0
     increments: int = 0
     chunks: int = 0
     bytes_checked: int = 0
+    duration: float = 0.0
     findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def return_code(self) -> ReturnCode:
-        """0 when everything verified, 12 when anything is damaged or missing."""
-        return F.return_code(self.findings)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON report."""
-        return {
-            "images": self.images,
-            "increments": self.increments,
-            "chunks": self.chunks,
-            "bytes_checked": self.bytes_checked,
-            "findings": [f.to_dict() for f in self.findings],
-            "return_code": int(self.return_code),
-        }
 
 
 _Manifest = TypeVar("_Manifest", ImageManifest, FileManifest)
@@ -95,24 +81,25 @@ def _check(
     damaged: set[bytes] = set()
     lock = threading.Lock()
 
-    def verify(key: str) -> None:
-        meter.check_cancel()
-        digest = bytes.fromhex(key.split("/", 1)[1])
-        try:
-            data = repo.store.get(key)
-            plain = decode_chunk(data, digest)
-            with lock:
-                report.bytes_checked += len(plain)
-        except (DamagedObject, ObjectMissing) as e:
-            with lock:
-                damaged.add(digest)
-                report.findings.append(
-                    F.blocker("CHUNK_DAMAGED", e.message, chunk=digest.hex(), key=key)
-                )
-        meter.add(1)
+    def verify(take: Iterator[str]) -> None:
+        for key in take:
+            digest = bytes.fromhex(key.split("/", 1)[1])
+            try:
+                data = repo.store.get(key)
+                plain = decode_chunk(data, digest)
+                with lock:
+                    report.bytes_checked += len(plain)
+            except (DamagedObject, ObjectMissing) as e:
+                with lock:
+                    damaged.add(digest)
+                    report.findings.append(
+                        F.blocker("CHUNK_DAMAGED", e.message, chunk=digest.hex(), key=key)
+                    )
+            meter.add(1)
 
-    with ThreadPoolExecutor(max_workers=(os.cpu_count() or 1)) as pool:
-        list(pool.map(verify, keys))
+    run_workers(
+        keys, verify, threads=os.cpu_count() or 1, check_cancel=meter.check_cancel, name="bv-check"
+    )
     report.chunks = len(keys)
 
     for m in manifests:
@@ -168,6 +155,7 @@ def _check(
             )
         )
     meter.finish("done")
+    report.duration = meter.elapsed
     return report
 
 

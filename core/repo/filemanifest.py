@@ -23,7 +23,7 @@ from typing import Any
 
 import zstandard
 
-from core.repo.format import ID_BYTES, ZERO_ID, DamagedObject
+from core.repo.format import ID_BYTES, ZERO_ID, DamagedObject, VolumeRecord, manifest_header
 
 MANIFEST_MAGIC = b"BVF1\n"
 FILE_CHUNK = 1 << 20
@@ -111,8 +111,7 @@ class FileManifest:
     """One increment: every entry of the file system, and where it sits in the chain."""
 
     id: str
-    volume: dict[str, Any]
-    """The volume record, as in image manifests (key, device, mount_point, uuid, …)."""
+    volume: VolumeRecord
     base_image: str
     """The full image this increment builds on (the newest when it was taken)."""
     previous: str | None
@@ -134,18 +133,13 @@ class FileManifest:
 
     def header(self) -> dict[str, Any]:
         """Return the JSON header (everything but the entries)."""
-        return {
-            "format": 1,
-            "id": self.id,
-            "volume": self.volume,
-            "base_image": self.base_image,
-            "previous": self.previous,
-            "started": self.started,
-            "finished": self.finished,
-            "stats": self.stats,
-            "problems": list(self.problems),
-            "entries": len(self.entries),
-        }
+        return manifest_header(
+            self,
+            base_image=self.base_image,
+            previous=self.previous,
+            problems=list(self.problems),
+            entries=len(self.entries),
+        )
 
 
 ENTRY_FIELDS = (
@@ -297,7 +291,7 @@ def decode_file_manifest(stored: bytes, key: str = "file manifest") -> FileManif
             raise ValueError("entry count does not match the header")
         return FileManifest(
             id=str(h["id"]),
-            volume=dict(h["volume"]),
+            volume=VolumeRecord.from_dict(h["volume"]),
             base_image=str(h["base_image"]),
             previous=h["previous"],
             started=str(h["started"]),

@@ -12,8 +12,8 @@ import json
 import struct
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Protocol
 
 import blake3
 import zstandard
@@ -103,12 +103,66 @@ def decode_chunk(stored: bytes, digest: bytes, *, max_size: int = 1 << 30) -> by
 
 
 @dataclass(frozen=True)
+class VolumeRecord:
+    """The volume a backup was taken from, as its image or file manifest records it."""
+
+    key: str
+    """The name its backups are filed under: the mount point, fstab's, or the device path."""
+    device: str
+    mount_point: str | None = None
+    fstype: str | None = None
+    uuid: str | None = None
+    fs_label: str | None = None
+    size: int = 0
+    sector_size: int = 512
+    kind: str = ""
+    """The device's kind when it was backed up (``partition``, ``loop``, …)."""
+    serial: str | None = None
+    host: str = ""
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The names the volume was known by: its key, device and mount point."""
+        return frozenset(n for n in (self.key, self.device, self.mount_point) if n)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record as stored in a manifest's JSON header."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: object) -> VolumeRecord:
+        """Return the record stored as ``d``; ValueError names a field of the wrong type.
+
+        Fields this version does not know are ignored; missing optional ones take
+        their defaults.
+        """
+        if not isinstance(d, dict):
+            raise ValueError("the volume record is not an object")
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in d:
+                continue
+            v = d[f.name]
+            if f.type == "int":
+                ok = type(v) is int and v >= 0
+            elif f.type == "str":
+                ok = isinstance(v, str)
+            else:  # str | None
+                ok = v is None or isinstance(v, str)
+            if not ok:
+                raise ValueError(f"volume field {f.name!r} is {v!r}")
+            values[f.name] = v
+        if not values.get("key") or not values.get("device"):
+            raise ValueError("the volume record names no key or device")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class ImageManifest:
     """One image: the volume it was taken from, how, and its chunk table."""
 
     id: str
-    volume: dict[str, Any]
-    """device, mount_point, fstype, uuid, fs_label, size, sector_size, host, key."""
+    volume: VolumeRecord
     imagetype: str
     fuzzy: bool
     started: str
@@ -142,20 +196,41 @@ class ImageManifest:
 
     def header(self) -> dict[str, Any]:
         """Return the JSON header (everything but the chunk table)."""
-        return {
-            "format": 1,
-            "id": self.id,
-            "volume": self.volume,
-            "imagetype": self.imagetype,
-            "fuzzy": self.fuzzy,
-            "started": self.started,
-            "finished": self.finished,
-            "chunk_size": self.chunk_size,
-            "size": self.size,
-            "findings": list(self.findings),
-            "stats": self.stats,
-            "label": self.label,
-        }
+        return manifest_header(
+            self,
+            imagetype=self.imagetype,
+            fuzzy=self.fuzzy,
+            chunk_size=self.chunk_size,
+            size=self.size,
+            findings=list(self.findings),
+            label=self.label,
+        )
+
+
+class _Manifest(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def volume(self) -> VolumeRecord: ...
+    @property
+    def started(self) -> str: ...
+    @property
+    def finished(self) -> str: ...
+    @property
+    def stats(self) -> dict[str, Any]: ...
+
+
+def manifest_header(m: _Manifest, **kind_fields: Any) -> dict[str, Any]:
+    """Return a manifest's JSON header: what image and file manifests share, then the rest."""
+    return {
+        "format": 1,
+        "id": m.id,
+        "volume": m.volume.to_dict(),
+        "started": m.started,
+        "finished": m.finished,
+        "stats": m.stats,
+        **kind_fields,
+    }
 
 
 def encode_manifest(m: ImageManifest) -> bytes:
@@ -181,7 +256,7 @@ def decode_manifest(stored: bytes, key: str = "manifest") -> ImageManifest:
             raise ValueError("bad chunk table or format")
         return ImageManifest(
             id=h["id"],
-            volume=h["volume"],
+            volume=VolumeRecord.from_dict(h["volume"]),
             imagetype=h["imagetype"],
             fuzzy=bool(h["fuzzy"]),
             started=h["started"],

@@ -38,12 +38,12 @@ def cmd_query_image(args: argparse.Namespace, out: Console) -> int:
     # One block per volume, so the rows fit 80 columns without cutting an id.
     by_volume: dict[str, list[CatalogEntry]] = {}
     for e in entries:
-        by_volume.setdefault(str(e.manifest.volume.get("key")), []).append(e)
+        by_volume.setdefault(e.manifest.volume.key, []).append(e)
     for key, group in by_volume.items():
         v = group[0].manifest.volume
         out.print(
-            f"[bold]{escape(key)}[/]  ({escape(str(v.get('device')))}, "
-            f"{escape(str(v.get('fstype') or 'raw'))}, host {escape(str(v.get('host')))})"
+            f"[bold]{escape(key)}[/]  ({escape(v.device)}, "
+            f"{escape(v.fstype or 'raw')}, host {escape(v.host)})"
         )
         table = plain_table()
         for col in ("image", "taken", "size", "type", "state"):

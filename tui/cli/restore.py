@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 def _print_plan(out: Console, plan: RestorePlan, entry: CatalogEntry) -> None:
     m = entry.manifest
     out.print(
-        f"restore image [bold]{m.id}[/] ({escape(str(m.volume.get('key')))}, "
+        f"restore image [bold]{m.id}[/] ({escape(m.volume.key)}, "
         f"{human_size(m.size)}, {m.imagetype}) → [bold]{escape(plan.confirm_name)}[/]"
     )
     dev = plan.device
@@ -77,7 +77,7 @@ def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
     repo = Repository.open(args.repo, create=False)
     point = _restore_point(repo, args)
     m = point.image.manifest
-    dest = args.dest or str(m.volume.get("device"))
+    dest = args.dest or m.volume.device
     plan = plan_restore(m, dest, repo, to_file=args.imagetofile, preserve_label=args.preserve_label)
     inc = point.increment if args.incremental else None
     if not args.json:

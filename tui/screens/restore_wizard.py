@@ -216,8 +216,7 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
         volumes: dict[str, str] = {}
         for e in found.images:
             v = e.manifest.volume
-            key = str(v.get("key"))
-            volumes.setdefault(key, f"{key}  ({v.get('device')}, {v.get('fstype') or 'raw'})")
+            volumes.setdefault(v.key, f"{v.key}  ({v.device}, {v.fstype or 'raw'})")
         listing = self.query_one("#volume", OptionList)
         if not volumes:
             listing.add_option(Option("the repository holds no images yet", disabled=True))
@@ -234,7 +233,7 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
         dev = self.catalog.tree.by_path(self.source or "")
         names = {self.source, *(dev.mount_points if dev else ()), dev.path if dev else None}
         return key in names or any(
-            e.manifest.volume.get("key") == key and e.manifest.volume.get("device") in names
+            e.manifest.volume.key == key and e.manifest.volume.device in names
             for e in self.catalog.images
         )
 
@@ -281,7 +280,7 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     def version_chosen(self, event: OptionList.OptionSelected) -> None:
         assert self.catalog is not None
         self.point = self.points[int(event.option.id or 0)]
-        self.show_targets(self.catalog.tree, str(self.point.image.manifest.volume.get("device")))
+        self.show_targets(self.catalog.tree, self.point.image.manifest.volume.device)
         self.go("target")
 
     # --- step 3: target ---------------------------------------------------------------------
@@ -372,7 +371,7 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
             return  # the user changed the target or the options since: not this plan
         m = request.point.image.manifest
         lines = [
-            f"image [b]{m.id}[/b] ({escape(str(m.volume.get('key')))}, {human_size(m.size)}, "
+            f"image [b]{m.id}[/b] ({escape(m.volume.key)}, {human_size(m.size)}, "
             f"{m.imagetype}) → [b]{escape(plan.confirm_name)}[/b]"
         ]
         if request.increment is not None:
