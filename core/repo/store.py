@@ -29,6 +29,28 @@ class RepositoryError(BlockvaultError):
     """The repository cannot be used (missing, unwritable, not a blockvault repository)."""
 
 
+class RepositoryWriteFailed(RepositoryError):
+    """An object could not be written: the repository's disk is full, read-only or failing.
+
+    Never an OSError, so that code reading a source (which skips an unreadable file)
+    cannot mistake the repository's failure for the file's: the backup fails instead.
+    """
+
+
+def write_failed(root: str, key: str, error: OSError) -> RepositoryWriteFailed:
+    """Return the one-line error for an object of ``key`` that could not be written."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        why, fix = "its file system is full", "free space there or use another --repo"
+    elif error.errno == errno.EROFS:
+        why, fix = "its file system is read-only", "remount it read-write or use another --repo"
+    else:
+        why, fix = error.strerror or str(error), "check the repository's disk (dmesg)"
+    return RepositoryWriteFailed(
+        f"cannot write {key} to the repository {root}: {why}; {fix}, then run the backup "
+        "again — nothing of this backup was recorded"
+    )
+
+
 class ObjectStore(Protocol):
     """Put, get, batch-exists, list and delete immutable objects by key."""
 
@@ -111,6 +133,12 @@ class LocalStore:
         return os.path.join(self.root, kind, name[:2], name)
 
     def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
+        try:
+            self._put(key, data, durable=durable)
+        except OSError as e:
+            raise write_failed(self.root, key, e) from None
+
+    def _put(self, key: str, data: Buffers, *, durable: bool) -> None:
         path = self._path(key)
         directory = os.path.dirname(path)
         tmp = os.path.join(directory, f"{TMP_PREFIX}{secrets.token_hex(8)}")
@@ -125,7 +153,8 @@ class LocalStore:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            os.unlink(tmp)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             raise
         os.rename(tmp, path)
         if durable or size < WRITE_BEHIND_MIN:
@@ -188,12 +217,15 @@ class LocalStore:
         self._behind.drain()
 
     def sync(self) -> None:
-        self._behind.drain()
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            _syncfs(fd)
-        finally:
-            os.close(fd)
+            self._behind.drain()
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _syncfs(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise write_failed(self.root, "the objects written so far", e) from None
 
     def temp_files(self) -> Iterator[str]:
         """Yield leftovers of interrupted writes (removed by prune)."""
