@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from core import progress
+from core.findings import Severity
 from core.increments.replay import (
     TEMP_PREFIX,
     HostileManifest,
@@ -365,6 +366,63 @@ def test_deletefiles_removes_unlisted_paths_and_keeps_lost_found(root, repo, can
         assert set(snapshot(root)) == set(before)
         assert (root / "olddir" / "sub" / "deep.txt").read_bytes() == b"deep"
         assert report.deleted == 0
+
+
+def not_backed_up(*problems: tuple[str, str]) -> tuple[dict[str, str], ...]:
+    return tuple(
+        {"kind": kind, "path": path, "error": "Input/output error"} for kind, path in problems
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, path, kept",
+    [
+        ("unreadable", "data.db", ["data.db"]),  # a file that returned EIO when read
+        ("unreadable", "docs", ["docs/stale.txt"]),  # a directory it could not list
+        ("unstattable", "docs/stale.txt", ["docs/stale.txt"]),
+        ("unknown-type", "data.db", ["data.db"]),
+    ],
+)
+def test_deletefiles_keeps_what_the_increment_could_not_back_up(root, repo, kind, path, kept):
+    """Present but not backed up this time is never a deletion: the image's version stays."""
+    put(root / "data.db", b"the image's version")
+    (root / "docs").mkdir()
+    put(root / "docs" / "stale.txt", b"stale")
+    put(root / "gone.txt", b"really deleted")
+    m = replace(
+        manifest(d("."), d("docs") if path != "docs" else d("other")),
+        problems=not_backed_up((kind, path)),
+    )
+
+    report = replay(m, root, repo, delete=True)
+
+    for p in kept:
+        assert (root / p).exists(), f"{p} was deleted although it was only not backed up"
+    if "data.db" in kept:
+        assert (root / "data.db").read_bytes() == b"the image's version"
+    assert not (root / "gone.txt").exists()  # what the increment knows is gone still goes
+    finding = next(f for f in report.findings if f.code == "REPLAY_KEPT_NOT_BACKED_UP")
+    assert finding.severity is Severity.WARNING and m.id in finding.message
+    assert report.kept_not_backed_up == len(finding.details["paths"]) > 0
+
+
+def test_hostile_problem_records_protect_nothing_outside_and_break_nothing(root, repo, canary):
+    put(root / "gone.txt", b"gone")
+    m = replace(
+        manifest(d(".")),
+        problems=(
+            {"kind": "unreadable", "path": "../" + canary.name},
+            {"kind": "unreadable", "path": 7},
+            "not a record",
+            {"kind": "vanished", "path": "gone.txt"},
+        ),
+    )
+    outside = snapshot(canary)
+
+    report = replay(m, root, repo, delete=True)
+
+    assert not (root / "gone.txt").exists() and report.kept_not_backed_up == 0
+    assert snapshot(canary) == outside
 
 
 # --- hostile manifests ---------------------------------------------------------------------

@@ -38,6 +38,10 @@ from core.repo.store import ObjectMissing
 from core.report import JobReport
 
 LOST_FOUND = "lost+found"
+NOT_BACKED_UP = frozenset({"unreadable", "unstattable", "unknown-type"})
+"""Problem kinds of a manifest whose path exists but was not backed up by that increment:
+a replay never deletes them (or anything below them), whatever ``delete`` says."""
+KEPT_NAMED = 5
 """Kept at the root even when the manifest does not list it: fsck needs it there."""
 TEMP_PREFIX = ".bv-replay-"
 """New content is made under this name in the same directory and renamed into place."""
@@ -89,8 +93,26 @@ class ReplayReport(JobReport):
     bytes_written: int = 0
     """Content bytes written (holes of sparse files are not written)."""
     unchanged: int = 0
+    kept_not_backed_up: int = 0
+    """Unlisted paths left in place because the increment could not back them up."""
     duration: float = 0.0
     findings: list[Finding] = field(default_factory=list)
+
+
+def not_backed_up(target: FileManifest) -> frozenset[str]:
+    """Return the paths ``target`` saw but could not back up (unreadable, unstattable, …).
+
+    They exist; they are missing from the entries only because that increment could
+    not read them. The manifest is untrusted: a problem that is not a well-formed
+    record is ignored (it can only keep files from being deleted, never touch one).
+    """
+    out: set[str] = set()
+    for p in target.problems:
+        if isinstance(p, dict) and p.get("kind") in NOT_BACKED_UP:
+            path = p.get("path")
+            if isinstance(path, str) and (path == "." or _path_problem(path) is None):
+                out.add(path)
+    return frozenset(out)
 
 
 def replay(
@@ -121,8 +143,11 @@ def replay(
 
     With ``delete`` (``-deletefiles``), every path the manifest does not list is
     removed, whole directory trees included; ``lost+found`` at the root is kept
-    even when unlisted. Without it, unlisted paths stay — except the contents of a
-    directory that the manifest says is now a file or link: a path holds one thing.
+    even when unlisted, and so is a path the increment saw but could not back up
+    (an unreadable file, a directory it could not list, and what lies below it): it
+    keeps the version the image (or the file system) has, and a finding says so.
+    Without it, unlisted paths stay — except the contents of a directory that the
+    manifest says is now a file or link: a path holds one thing.
 
     A failed or cancelled replay leaves the file system part-way between the image
     and the manifest (never a half-written file under its real name); running it
@@ -142,7 +167,16 @@ def replay(
     with repo.lock():
         root_fd = _open_root(root)
         try:
-            job = _Replay(entries, root, root_fd, repo, delete=delete, report=report, meter=meter)
+            job = _Replay(
+                entries,
+                root,
+                root_fd,
+                repo,
+                delete=delete,
+                report=report,
+                meter=meter,
+                not_backed_up=not_backed_up(target),
+            )
             try:
                 meter.total = job.bytes_to_write()
                 meter.phase = "replaying"
@@ -151,6 +185,18 @@ def replay(
                 job.close()
         finally:
             os.close(root_fd)
+    if job.kept:
+        shown = ", ".join(repr(p) for p in job.kept[:KEPT_NAMED])
+        more = f" and {len(job.kept) - KEPT_NAMED} more" if len(job.kept) > KEPT_NAMED else ""
+        report.findings.append(
+            F.warning(
+                "REPLAY_KEPT_NOT_BACKED_UP",
+                f"{len(job.kept)} path(s) that increment {target.id} could not back up were "
+                f"left as the image has them, not deleted: {shown}{more}",
+                paths=job.kept[:KEPT_NAMED],
+                count=len(job.kept),
+            )
+        )
     if job.sockets:
         shown = ", ".join(repr(p) for p in job.sockets[:SOCKETS_NAMED])
         more = (
@@ -337,6 +383,10 @@ class _Replay:
     delete: bool
     report: ReplayReport
     meter: Meter
+    not_backed_up: frozenset[str] = frozenset()
+    """Paths the increment saw but could not back up: never deleted, nor what is below."""
+    kept: list[str] = field(init=False, default_factory=list)
+    """Unlisted paths left in place because of :attr:`not_backed_up`."""
     dirs: Beneath = field(init=False)
     link_dirs: Beneath = field(init=False)
     """A second walker: a hard link's first path lies elsewhere than the link."""
@@ -650,10 +700,24 @@ class _Replay:
         for name in os.listdir(fd):
             if name in listed or (path == "." and name == LOST_FOUND):
                 continue
+            full = name if path == "." else f"{path}/{name}"
+            if self._not_backed_up(full):
+                self.kept.append(full)
+                self.report.kept_not_backed_up += 1
+                continue
             self.check_cancel()
             st = _lstat(fd, name)
             if st is not None:
                 self._remove(fd, name, st)
+
+    def _not_backed_up(self, path: str) -> bool:
+        """True when ``path`` is, or lies below, a path the increment could not back up."""
+        if not self.not_backed_up:
+            return False
+        if "." in self.not_backed_up:  # the root could not be listed: nothing was seen
+            return True
+        parts = path.split("/")
+        return any("/".join(parts[: i + 1]) in self.not_backed_up for i in range(len(parts)))
 
     def _remove(
         self, parent: int, name: str, st: os.stat_result, *, displaced: bool = False
