@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cliutil import blockvault
+from imagekit import device_digest
 
 from core.repo.repository import Repository
 
@@ -214,3 +215,30 @@ def test_prune_keeps_what_increments_need_and_check_verifies_them(week):
         f["code"] == "INCREMENT_DAMAGED" and f["details"]["path"] == "file3"
         for f in check.json()["findings"]
     )
+
+
+def test_a_missing_increment_fails_the_restore_of_its_time_and_repo_check_names_it(loopkit, week):
+    """Wednesday's manifest is gone: its time is refused (not silently Tuesday's state)."""
+    vol, repo, days, states = week
+    wednesday = days["wednesday"]["increment_id"]
+    pit = pit_args(finished(repo, days["wednesday"]))
+    Path(repo, "increments", wednesday[:2], wednesday).unlink()
+    dest = loopkit.attach(loopkit.image("64M"))
+    before = device_digest(dest)
+
+    res = bv(
+        repo, "restore", "image", str(vol.mount_point), dest, "--confirm", dest,
+        "--incremental", "--deletefiles", "--json", *pit,
+    )  # fmt: skip
+
+    assert res.rc == 12, res.out + res.err
+    assert wednesday in res.json()["error"] and "missing" in res.json()["error"]
+    assert device_digest(dest) == before, "a refused restore wrote the destination"
+    check = bv(repo, "repo", "check", "--json")
+    assert check.rc == 12
+    assert any(
+        f["code"] == "INCREMENT_MISSING" and f["details"]["missing"] == wednesday
+        for f in check.json()["findings"]
+    )
+    # Thursday's manifest lists the whole file system: its state still restores.
+    assert restore(loopkit, vol, repo, dest, "--incremental", "--deletefiles") == states["thursday"]

@@ -20,6 +20,32 @@ class NothingAtThatTime(BlockvaultError):
     """No image of the volume was finished at or before the point in time."""
 
 
+class BrokenChain(BlockvaultError):
+    """An increment the point in time depends on is missing from the repository."""
+
+
+_ID_TIME = "%Y%m%dT%H%M%S.%fZ"
+"""How an increment's id begins: the time it started (``core.increments.backup``)."""
+
+
+def id_time(increment_id: str) -> datetime | None:
+    """Return the time an increment id says it started, or None for an id of another shape."""
+    try:
+        return datetime.strptime(increment_id.split("-", 1)[0], _ID_TIME).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def missing_links(increments: Iterable[FileManifest]) -> dict[str, str]:
+    """Return ``{missing id: the increment that builds on it}`` within ``increments``."""
+    present = {m.id: m for m in increments}
+    return {
+        m.previous: m.id
+        for m in present.values()
+        if m.previous is not None and m.previous not in present
+    }
+
+
 def point_in_time(pitdate: str | None, pittime: str | None) -> datetime | None:
     """Return the point in time of ``--pitdate YYYY-MM-DD [--pittime HH:MM:SS]`` (local time).
 
@@ -88,7 +114,36 @@ def choose_point(
     # ones), so the image alone is the state then.
     if newest is not None and _finished(newest.started) < _finished(image.manifest.finished):
         newest = None
+    _refuse_gaps(image, newest, increments, pit)
     return RestorePoint(image, newest)
+
+
+def _refuse_gaps(
+    image: CatalogEntry,
+    chosen: FileManifest | None,
+    increments: Iterable[FileManifest],
+    pit: datetime | None,
+) -> None:
+    """Raise :class:`BrokenChain` when a missing increment could be the state at ``pit``.
+
+    An increment another one builds on, taken after the image and not after the point,
+    and newer than the one chosen: without it the restore would silently bring back an
+    older state. (One older than the chosen increment does not matter: every manifest
+    lists the whole file system.)
+    """
+    since = _finished(image.manifest.finished)
+    floor = _finished(chosen.started) if chosen is not None else since
+    for gone, by in sorted(missing_links(increments).items()):
+        started = id_time(gone)
+        if started is None or started < since or started <= floor:
+            continue
+        if pit is None or started <= pit:
+            raise BrokenChain(
+                f"increment {gone} is missing from the repository (increment {by} builds on "
+                f"it), so the state {'at that time' if pit else 'asked for'} cannot be "
+                "restored; nothing was written — run 'blockvault repo check', or choose an "
+                "earlier --pitdate"
+            )
 
 
 @dataclass(frozen=True)

@@ -128,8 +128,12 @@ def _check(
                         offset=offset,
                     )
                 )
-    for increment_id, inc in _readable(report, "increment", repo.increment_ids(), repo.increment):
+    increment_ids = repo.increment_ids()
+    present = set(increment_ids)
+    images = set(repo.image_ids())
+    for increment_id, inc in _readable(report, "increment", increment_ids, repo.increment):
         report.increments += 1
+        report.findings.extend(_missing_references(increment_id, inc, present, images))
         for entry in inc.entries:
             for piece, digest in enumerate(entry.chunks):
                 if digest == ZERO_ID or (digest in stored and digest not in damaged):
@@ -157,6 +161,36 @@ def _check(
     meter.finish("done")
     report.duration = meter.elapsed
     return report
+
+
+def _missing_references(
+    increment_id: str, inc: FileManifest, increments: set[str], images: set[str]
+) -> list[Finding]:
+    """Return a finding for each manifest ``inc`` names that the repository lacks."""
+    out: list[Finding] = []
+    if inc.previous is not None and inc.previous not in increments:
+        # No command deletes an increment: a missing one is damage, and a restore to a
+        # time it covers would silently bring back an older state.
+        out.append(
+            F.blocker(
+                "INCREMENT_MISSING",
+                f"increment {increment_id} builds on increment {inc.previous}, which is "
+                "missing from the repository; restores to a time between them are refused",
+                increment=increment_id,
+                missing=inc.previous,
+            )
+        )
+    if inc.base_image not in images:
+        out.append(
+            F.warning(
+                "BASE_IMAGE_MISSING",
+                f"increment {increment_id} was taken on image {inc.base_image}, which is no "
+                "longer in the repository (deleted?); a restore of its time uses an older image",
+                increment=increment_id,
+                missing=inc.base_image,
+            )
+        )
+    return out
 
 
 @dataclass
