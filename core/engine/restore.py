@@ -259,6 +259,14 @@ def _write_chunks(
                     f"{damaged.message} (image byte {offset}); restore stopped, "
                     f"{plan.confirm_name} is partly written — run 'blockvault repo check'"
                 ) from None
+            if len(data) > cs or offset + len(data) > manifest.size:
+                # A chunk that would write past the image's end: never beyond what the
+                # findings said would be written.
+                raise RestoreDamaged(
+                    f"image {manifest.id}: chunk {digest.hex()} holds {len(data)} bytes at "
+                    f"byte {offset}, past the image's {manifest.size} bytes; restore stopped, "
+                    f"{plan.confirm_name} is partly written — run 'blockvault repo check'"
+                )
             if aligned is not None:
                 aligned[: len(data)] = data
                 view = memoryview(aligned)

@@ -240,11 +240,69 @@ def encode_manifest(m: ImageManifest) -> bytes:
     return zstandard.ZstdCompressor(level=3).compress(body)
 
 
+IMAGE_TYPES = frozenset({"static", "snapshot", "dynamic"})
+MAX_MANIFEST_HEADER = 1 << 20
+"""A header is a few KiB; more is a hostile manifest (its decoder must not expand it)."""
+MAX_CHUNK_TABLE = 256 << 20
+"""8 M chunks: a 32 TiB volume at 4 MiB a chunk."""
+CHUNK_SIZES = range(12, 27)
+"""Chunk sizes a manifest may declare: powers of two, 4 KiB to 64 MiB."""
+
+
 def decode_manifest(stored: bytes, key: str = "manifest") -> ImageManifest:
-    """Return the manifest in ``stored``; raise :class:`DamagedObject` if it is not one."""
+    """Return the manifest in ``stored``; raise :class:`DamagedObject` if it is not one.
+
+    The manifest is untrusted: its expansion is bounded, and every field that sizes
+    or places a write (chunk size, size, the chunk table's length) is checked here,
+    before any restore can act on it.
+    """
     try:
-        body = zstandard.ZstdDecompressor().decompress(stored, max_output_size=1 << 31)
+        body = zstandard.ZstdDecompressor().decompress(
+            stored, max_output_size=8 + MAX_MANIFEST_HEADER + MAX_CHUNK_TABLE
+        )
     except zstandard.ZstdError as e:
+        raise DamagedObject(f"{key} is damaged: {e}") from None
+    if body[:4] != MANIFEST_MAGIC or len(body) < 8:
+        raise DamagedObject(f"{key} is damaged: bad header")
+    (n,) = struct.unpack(">I", body[4:8])
+    if n > MAX_MANIFEST_HEADER or 8 + n > len(body):
+        raise DamagedObject(f"{key} is damaged: its header length {n} is not plausible")
+    try:
+        h = json.loads(body[8 : 8 + n])
+        table = body[8 + n :]
+        if not isinstance(h, dict) or h.get("format") != 1:
+            raise ValueError("unknown format")
+        chunk_size, size = h["chunk_size"], h["size"]
+        if type(chunk_size) is not int or chunk_size not in {1 << b for b in CHUNK_SIZES}:
+            raise ValueError(f"chunk size {chunk_size!r} is not a power of two of 4 KiB-64 MiB")
+        if type(size) is not int or size < 0:
+            raise ValueError(f"size {size!r} is not a number of bytes")
+        needed = -(-size // chunk_size)
+        if len(table) != needed * ID_BYTES:
+            raise ValueError(
+                f"its chunk table holds {len(table) / ID_BYTES:g} chunks but its size "
+                f"({size} bytes) needs {needed}"
+            )
+        if h["imagetype"] not in IMAGE_TYPES:
+            raise ValueError(f"imagetype {h['imagetype']!r} is unknown")
+        for name in ("id", "started", "finished"):
+            if not isinstance(h[name], str) or not h[name]:
+                raise ValueError(f"{name} {h[name]!r} is not text")
+        return ImageManifest(
+            id=h["id"],
+            volume=VolumeRecord.from_dict(h["volume"]),
+            imagetype=h["imagetype"],
+            fuzzy=bool(h["fuzzy"]),
+            started=h["started"],
+            finished=h["finished"],
+            chunk_size=chunk_size,
+            size=size,
+            table=table,
+            findings=tuple(h.get("findings", ())),
+            stats=h.get("stats", {}),
+            label=h.get("label"),
+        )
+    except (ValueError, KeyError, TypeError) as e:
         raise DamagedObject(f"{key} is damaged: {e}") from None
     if body[:4] != MANIFEST_MAGIC or len(body) < 8:
         raise DamagedObject(f"{key} is damaged: bad header")
