@@ -81,3 +81,41 @@ def test_tsm_single_dash_options_are_accepted_as_aliases():
     ]
     res = blockvault("devices", "-json")
     assert res.rc == 0 and "devices" in res.json()
+
+
+def test_tsm_options_with_a_hyphen_are_taken_too():
+    assert normalize_tsm_args(["-snapshot-fallback=dynamic", "-preserve-label", "-no-wait"]) == [
+        "--snapshot-fallback=dynamic",
+        "--preserve-label",
+        "--no-wait",
+    ]
+    assert normalize_tsm_args(["-5", "-", "--json"]) == ["-5", "-", "--json"]
+
+
+def test_an_abbreviated_option_is_not_taken_for_another():
+    res = blockvault("backup", "image", "/dev/null", "--image", "static")
+    assert_one_line_refusal(res, "unrecognized arguments: --image")
+
+
+@pytest.mark.parametrize(
+    "option",
+    [["--imagegapsize=-4K"], ["--imagegapsize", "lots"], ["--snapshotcachesize", "-5"],
+     ["--snapshotcachesize", "400"]],
+)  # fmt: skip
+def test_bad_backup_option_values_are_refused_in_one_line(option):
+    value = option[-1].rsplit("=", 1)[-1]
+    assert_one_line_refusal(blockvault("backup", "image", "/dev/null", *option), value)
+
+
+def test_pitdate_takes_dsmcs_date_format_too():
+    from core.increments.chain import point_in_time
+
+    assert point_in_time("12/02/2026", "10:00:00") == point_in_time("2026-12-02", "10:00:00")
+
+
+def test_query_image_of_a_path_that_does_not_exist_is_refused(tmp_path):
+    from core.repo.repository import Repository
+
+    Repository.init(str(tmp_path / "repo"))
+    res = blockvault("query", "image", "/nonexistent/bv", "--repo", str(tmp_path / "repo"))
+    assert_one_line_refusal(res, "/nonexistent/bv does not exist")

@@ -52,6 +52,9 @@ def test_mounted_destination_is_a_blocker_that_confirm_cannot_override(loopkit, 
     loopkit.mount(dest.device, None, "ro")
     res = refused(repo, imaged.device, dest.device, "--confirm", dest.device)
     assert "DEST_MOUNTED" in codes(res.json()["findings"])
+    # The refusal names the blocker, not only that there is one.
+    assert res.json()["error"].startswith("refused: DEST_MOUNTED: ")
+    assert f"blockvault: refused: DEST_MOUNTED: {dest.device} is mounted" in res.err
 
 
 def test_smaller_destination_is_a_blocker(loopkit, repo, imaged):

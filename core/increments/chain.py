@@ -49,6 +49,8 @@ def missing_links(increments: Iterable[FileManifest]) -> dict[str, str]:
 def point_in_time(pitdate: str | None, pittime: str | None) -> datetime | None:
     """Return the point in time of ``--pitdate YYYY-MM-DD [--pittime HH:MM:SS]`` (local time).
 
+    ``--pitdate MM/DD/YYYY`` (dsmc's default format) is taken too.
+
     Like TSM, a date without a time means the end of that day.
 
     Raises:
@@ -59,9 +61,16 @@ def point_in_time(pitdate: str | None, pittime: str | None) -> datetime | None:
             raise BlockvaultError("--pittime needs --pitdate YYYY-MM-DD as well")
         return None
     try:
-        day = date.fromisoformat(pitdate)
+        # YYYY-MM-DD, or MM/DD/YYYY as dsmc takes it (its default date format).
+        day = (
+            datetime.strptime(pitdate, "%m/%d/%Y").date()
+            if "/" in pitdate
+            else date.fromisoformat(pitdate)
+        )
     except ValueError:
-        raise BlockvaultError(f"--pitdate {pitdate!r} is not a date: use YYYY-MM-DD") from None
+        raise BlockvaultError(
+            f"--pitdate {pitdate!r} is not a date: use YYYY-MM-DD (or MM/DD/YYYY)"
+        ) from None
     try:
         at = time.fromisoformat(pittime) if pittime else time(23, 59, 59, 999999)
     except ValueError:

@@ -23,7 +23,8 @@ from tui.cli import backup, delete, devices, jobs, query, repo, restore
 if TYPE_CHECKING:  # rich is imported only for human output: --json runs start faster
     from rich.console import Console
 
-_TSM_OPTION = re.compile(r"^-([a-z][a-z]+)(=.*)?$")
+_TSM_OPTION = re.compile(r"^-([a-z][a-z]+(?:-[a-z]+)*)(=.*)?$")
+"""``-imagetype=dynamic``, ``-snapshot-fallback=dynamic``, ``-noprompt``: one dash, a word."""
 _FAMILIES = (devices, backup, query, restore, delete, repo, jobs)
 """Each adds its commands, in the order ``--help`` lists them."""
 
@@ -34,7 +35,14 @@ def normalize_tsm_args(argv: Sequence[str]) -> list[str]:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line and TSM return code 12."""
+    """An argument parser whose errors are one line and TSM return code 12.
+
+    Abbreviations are off: ``--image`` must never pass for ``--imagetype``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(int(ReturnCode.FAILED), f"{self.prog}: {message} (see '{self.prog} --help')\n")

@@ -93,6 +93,17 @@ def cmd_backup_image(args: argparse.Namespace, out: Console) -> int:
     return print_report(out, args, doc, result.findings, title, rows)
 
 
+def percent_argument(text: str) -> int:
+    """Parse a percentage from 1 to 100 for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage from 1 to 100")
+    return value
+
+
 def size_argument(text: str) -> int:
     """Parse a size option (``32K``, ``4M``, bytes) for argparse."""
     try:
@@ -122,7 +133,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--snapshotcachesize",
-        type=int,
+        type=percent_argument,
         default=10,
         metavar="PCT",
         help="LVM snapshot size, percent of the origin (default 10)",

@@ -27,7 +27,13 @@ def select_images(repo: Repository, target: str | None) -> list[CatalogEntry]:
 
 def cmd_query_image(args: argparse.Namespace, out: Console) -> int:
     repo = Repository.open(args.repo, create=False)
-    entries = [e for e in select_images(repo, args.target) if e.active or args.inactive]
+    found = select_images(repo, args.target)
+    if args.target and not found and not os.path.exists(args.target):
+        raise TargetError(
+            f"{args.target} does not exist and no images are filed under that name; "
+            "'blockvault query image' lists every volume's"
+        )
+    entries = [e for e in found if e.active or args.inactive]
     if args.json:
         print_json({"images": [e.to_dict() for e in entries]})
         return 0

@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from core.errors import TargetError
-from core.findings import ReturnCode, finding_from_dict
+from core.findings import ReturnCode, Severity, finding_from_dict
 from core.repo.repository import Repository
 from tui.cli.confirm import ConfirmationRefused, confirm_by_name
 from tui.cli.jobs import add_agent_options, run_spec
@@ -89,9 +89,16 @@ def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
                 if inc
                 else "  no increment is newer than this image: nothing to replay"
             )
-    if plan.blocked:
+    blockers = [f for f in plan.findings if f.severity is Severity.BLOCKER]
+    if blockers:
+        first = blockers[0]
+        more = f" (and {len(blockers) - 1} more blocker(s))" if len(blockers) > 1 else ""
         return _refuse(
-            args, point, plan, "refused: a blocker cannot be confirmed away; nothing was written"
+            args,
+            point,
+            plan,
+            f"refused: {first.code}: {first.message}{more}; a blocker cannot be confirmed "
+            "away; nothing was written",
         )
     try:
         confirm_by_name(args, plan.confirm_name, f"overwrite {plan.confirm_name} with image {m.id}")
