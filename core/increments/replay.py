@@ -23,7 +23,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from core import findings as F
@@ -186,36 +186,40 @@ def replay(
         finally:
             os.close(root_fd)
     if job.kept:
-        shown = ", ".join(repr(p) for p in job.kept[:KEPT_NAMED])
-        more = f" and {len(job.kept) - KEPT_NAMED} more" if len(job.kept) > KEPT_NAMED else ""
         report.findings.append(
-            F.warning(
+            _paths_finding(
+                F.warning,
                 "REPLAY_KEPT_NOT_BACKED_UP",
-                f"{len(job.kept)} path(s) that increment {target.id} could not back up were "
-                f"left as the image has them, not deleted: {shown}{more}",
-                paths=job.kept[:KEPT_NAMED],
-                count=len(job.kept),
+                f"path(s) that increment {target.id} could not back up were left as the "
+                "image has them, not deleted",
+                job.kept,
+                KEPT_NAMED,
             )
         )
     if job.sockets:
-        shown = ", ".join(repr(p) for p in job.sockets[:SOCKETS_NAMED])
-        more = (
-            f" and {len(job.sockets) - SOCKETS_NAMED} more"
-            if len(job.sockets) > SOCKETS_NAMED
-            else ""
-        )
         report.findings.append(
-            F.info(
+            _paths_finding(
+                F.info,
                 "REPLAY_SOCKETS_SKIPPED",
-                f"{len(job.sockets)} socket(s) not re-created (their servers make them "
-                f"when they start): {shown}{more}",
-                paths=job.sockets[:SOCKETS_NAMED],
-                count=len(job.sockets),
+                "socket(s) not re-created (their servers make them when they start)",
+                job.sockets,
+                SOCKETS_NAMED,
             )
         )
     report.duration = meter.elapsed
     meter.finish("done")
     return report
+
+
+def _paths_finding(
+    make: Callable[..., Finding], code: str, what: str, paths: Sequence[str], named: int
+) -> Finding:
+    """Return ``make(code, "N <what>: 'a', 'b' and M more")`` naming at most ``named`` paths."""
+    shown = ", ".join(repr(p) for p in paths[:named])
+    more = f" and {len(paths) - named} more" if len(paths) > named else ""
+    return make(
+        code, f"{len(paths)} {what}: {shown}{more}", paths=list(paths[:named]), count=len(paths)
+    )
 
 
 def check_manifest(target: FileManifest) -> tuple[FileEntry, ...]:

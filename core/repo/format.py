@@ -304,27 +304,3 @@ def decode_manifest(stored: bytes, key: str = "manifest") -> ImageManifest:
         )
     except (ValueError, KeyError, TypeError) as e:
         raise DamagedObject(f"{key} is damaged: {e}") from None
-    if body[:4] != MANIFEST_MAGIC or len(body) < 8:
-        raise DamagedObject(f"{key} is damaged: bad header")
-    (n,) = struct.unpack(">I", body[4:8])
-    try:
-        h = json.loads(body[8 : 8 + n])
-        table = body[8 + n :]
-        if len(table) % ID_BYTES or h.get("format") != 1:
-            raise ValueError("bad chunk table or format")
-        return ImageManifest(
-            id=h["id"],
-            volume=VolumeRecord.from_dict(h["volume"]),
-            imagetype=h["imagetype"],
-            fuzzy=bool(h["fuzzy"]),
-            started=h["started"],
-            finished=h["finished"],
-            chunk_size=int(h["chunk_size"]),
-            size=int(h["size"]),
-            table=table,
-            findings=tuple(h.get("findings", ())),
-            stats=h.get("stats", {}),
-            label=h.get("label"),
-        )
-    except (ValueError, KeyError, TypeError) as e:
-        raise DamagedObject(f"{key} is damaged: {e}") from None
