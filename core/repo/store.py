@@ -13,12 +13,14 @@ import errno
 import os
 import re
 import secrets
+import stat
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Protocol
 
 from core.errors import BlockvaultError
+from core.repo.format import DamagedObject
 
 
 class ObjectMissing(BlockvaultError):
@@ -167,18 +169,31 @@ class LocalStore:
             _fsync_dir(directory)
 
     def get(self, key: str) -> bytes:
+        # Only a regular file is an object: a symlink is never followed (it could lead
+        # out of the repository), and a FIFO or a device would hang or flood the reader.
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
-            with open(self._path(key), "rb") as f:
-                return f.read()
+            fd = os.open(self._path(key), flags)
         except FileNotFoundError:
             raise self._missing(key) from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise self._not_regular(key, "a symbolic link") from None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise self._not_regular(key, _file_kind(mode))
+            return f.read()
 
     def exists_many(self, keys: Iterable[str]) -> set[str]:
         found: set[str] = set()
         for key in keys:
             try:
-                # An empty file is what a crash can leave of an unsynced write: not stored.
-                if os.stat(self._path(key)).st_size > 0:
+                # An empty file is what a crash can leave of an unsynced write, and
+                # anything but a regular file is damage: neither counts as stored.
+                st = os.lstat(self._path(key))
+                if stat.S_ISREG(st.st_mode) and st.st_size > 0:
                     found.add(key)
             except FileNotFoundError:
                 continue
@@ -205,9 +220,15 @@ class LocalStore:
 
     def size_of(self, key: str) -> int:
         try:
-            return os.stat(self._path(key)).st_size
+            return os.lstat(self._path(key)).st_size
         except FileNotFoundError:
             raise self._missing(key) from None
+
+    def _not_regular(self, key: str, kind: str) -> DamagedObject:
+        return DamagedObject(
+            f"object {key} in the repository {self.root} is {kind}, not a regular file: "
+            "damage (or tampering) — it is not read; 'blockvault repo check' lists such objects"
+        )
 
     def _missing(self, key: str) -> ObjectMissing:
         return ObjectMissing(f"object {key} is missing from the repository {self.root}")
@@ -292,6 +313,20 @@ class _WriteBehind:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    """Return what a non-regular file is, in words ("a FIFO", "a directory")."""
+    for test, words in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISCHR, "a character device"),
+    ):
+        if test(mode):
+            return words
+    return "not a regular file"
 
 
 def _syncfs(fd: int) -> None:
