@@ -81,3 +81,38 @@ def test_a_fifo_in_place_of_an_image_manifest_fails_in_one_line(backed_up):
     assert res.rc == 12, res.out + res.err
     assert "a FIFO, not a regular file" in res.json()["error"]
     assert len(res.err.strip().splitlines()) == 1, res.err
+
+
+def test_prune_never_deletes_through_a_symlinked_fan_out_directory(backed_up, tmp_path):
+    repo, _ = backed_up
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = outside / ("ee" + "0" * 62)  # named like an unreferenced chunk
+    victim.write_bytes(b"not the repository's")
+    fan = repo / "chunks" / "ee"
+    if fan.exists():
+        for p in fan.iterdir():
+            p.rename(outside / p.name)
+        fan.rmdir()
+    fan.symlink_to(outside)
+
+    res = bv(repo, "repo", "prune")
+
+    assert res.rc == 0, res.out + res.err
+    assert victim.read_bytes() == b"not the repository's"
+
+
+def test_a_backup_never_writes_through_a_symlinked_fan_out_directory(loopkit, backed_up, tmp_path):
+    repo, image_id = backed_up
+    outside = tmp_path / "outside"
+    fan = repo / "images" / image_id[:2]  # where the next image's manifest goes too
+    fan.rename(outside)
+    fan.symlink_to(outside)
+    before = sorted(p.name for p in outside.iterdir())
+    dev = loopkit.attach(loopkit.image("8M"))
+
+    res = bv(repo, "backup", "image", dev, "--imagetype", "dynamic", "--no-agent")
+
+    assert res.rc == 12, res.out + res.err
+    assert "is a symbolic link, not a directory" in res.json()["error"]
+    assert sorted(p.name for p in outside.iterdir()) == before

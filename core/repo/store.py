@@ -129,10 +129,35 @@ class LocalStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.fspath(root)
         self._behind = _WriteBehind()
+        self._real_dirs: set[str] = set()
+        """Fan-out directories seen to be real directories (no symlink on the way)."""
 
     def _path(self, key: str) -> str:
         kind, name = check_key(key)
-        return os.path.join(self.root, kind, name[:2], name)
+        directory = os.path.join(self.root, kind, name[:2])
+        if directory not in self._real_dirs:
+            self._check_dirs(kind, name[:2])
+        return os.path.join(directory, name)
+
+    def _check_dirs(self, kind: str, fan: str) -> None:
+        """Refuse a kind or fan-out directory that is a symlink (or no directory at all).
+
+        Every path below the root is made of these two, so no object is read, written
+        or deleted through a link that leads out of the repository. A directory not
+        made yet is fine: the write that needs it makes it.
+        """
+        for rel in (kind, os.path.join(kind, fan)):
+            try:
+                mode = os.lstat(os.path.join(self.root, rel)).st_mode
+            except FileNotFoundError:
+                return
+            if not stat.S_ISDIR(mode):
+                what = "a symbolic link" if stat.S_ISLNK(mode) else _file_kind(mode)
+                raise DamagedObject(
+                    f"{rel} in the repository {self.root} is {what}, not a directory: damage "
+                    "(or tampering) — nothing is read, written or deleted through it"
+                )
+        self._real_dirs.add(os.path.join(self.root, kind, fan))
 
     def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
         try:
@@ -201,15 +226,14 @@ class LocalStore:
 
     def list(self, kind: str) -> Iterator[str]:
         top = os.path.join(self.root, kind)
-        try:
-            fans = sorted(os.listdir(top))
-        except FileNotFoundError:
+        if not _real_directory(top):
             return
-        for fan in fans:
-            try:
-                names = sorted(os.listdir(os.path.join(top, fan)))
-            except NotADirectoryError:
+        for fan in sorted(os.listdir(top)):
+            # A symlinked fan-out directory is never entered: what lies behind it is not
+            # the repository's, and prune would delete it.
+            if not _real_directory(os.path.join(top, fan)):
                 continue
+            names = sorted(os.listdir(os.path.join(top, fan)))
             for name in names:
                 if not name.startswith(TMP_PREFIX):
                     yield f"{kind}/{name}"
@@ -313,6 +337,14 @@ class _WriteBehind:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def _real_directory(path: str) -> bool:
+    """True when ``path`` is a directory itself, not a symlink to one (nor missing)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _file_kind(mode: int) -> str:
