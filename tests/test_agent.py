@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,7 +25,13 @@ import pytest
 from cliutil import blockvault
 from imagekit import device_digest
 
-from core.agent.client import AgentClient, AgentUnavailable, agent_running, start_agent
+from core.agent.client import (
+    AGENT_LOST_AFTER,
+    AgentClient,
+    AgentUnavailable,
+    agent_running,
+    start_agent,
+)
 from core.engine.restore import plan_restore
 from core.errors import BlockvaultError
 from core.jobs import BackupSpec, JobState, JobView, RestoreSpec
@@ -277,6 +284,28 @@ def test_agent_killed_mid_backup_comes_back_with_the_job_interrupted_and_its_rer
     check = blockvault("repo", "check", "--repo", str(agent.repo))
     assert check.rc == 0, check.out + check.err
     (vol.mount_point / "after.txt").write_text("still writable")
+
+
+@pytest.mark.loop
+def test_a_client_waiting_on_a_job_whose_agent_died_gives_up_in_seconds(loopkit, agents):
+    """The CLI follows a job this way: a dead agent is an unknown outcome, never a hang."""
+    vol = raw_volume(loopkit, 96)
+    agent = agents.start()
+    killer = agents.client(agent)
+    killed = kill_at_first_progress(killer, agent)
+    follower = agents.client(agent)  # as the command line that submitted the job
+    job = follower.submit(BackupSpec(vol.device, imagetype="dynamic"))
+    assert killed.wait(TIMEOUT), "the backup never reported progress"
+
+    started = time.monotonic()
+    with pytest.raises(AgentUnavailable) as lost:
+        follower.wait(job, timeout=TIMEOUT)
+
+    assert time.monotonic() - started < AGENT_LOST_AFTER + 5
+    assert f"job {job}" in lost.value.message and "outcome is unknown" in lost.value.message
+    assert lost.value.return_code == 12 and "\n" not in lost.value.message
+    agent.start()  # the next agent has it as interrupted
+    assert agents.client(agent).wait(job, timeout=TIMEOUT).state is JobState.INTERRUPTED
 
 
 @pytest.mark.loop

@@ -71,3 +71,30 @@ def test_bad_specs_are_refused_in_one_line(doc):
     with pytest.raises(BlockvaultError) as e:
         spec_from_dict(doc)
     assert "\n" not in e.value.message and "spec" in e.value.message
+
+
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        (RestoreSpec("img1", "/dev/loop9", "/dev/loop9"), "/dev/loop9, which is partly written"),
+        (BackupSpec("/srv"), "what a backup stored is reused"),
+    ],
+)
+def test_a_job_cut_off_by_a_dead_agent_comes_back_interrupted_saying_what_it_left(
+    tmp_path, spec, says
+):
+    """The agent's own SQLite store, as a killed agent left it: the job still running."""
+    from core.agent.store import SqliteJobStore
+    from core.jobs import JobQueue
+
+    store = SqliteJobStore(str(tmp_path / "jobs.db"))
+    store.save(JobView("1", spec, JobState.RUNNING, submitted=1.0, started=2.0))
+    queue = JobQueue(str(tmp_path / "repo"), store=store)
+    try:
+        view = queue.view("1")
+    finally:
+        queue.close()
+        store.close()
+
+    assert view.state is JobState.INTERRUPTED and view.return_code == 12
+    assert view.error is not None and says in view.error and "\n" not in view.error

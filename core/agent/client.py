@@ -27,12 +27,14 @@ from core.agent.store import default_db_path
 from core.errors import BlockvaultError
 from core.findings import ReturnCode
 from core.jobs.listeners import Listeners
-from core.jobs.model import MAX_SAMPLES, Jobs, JobSpec, JobView, Listener
+from core.jobs.model import MAX_SAMPLES, Jobs, JobSpec, JobView, Listener, RestoreSpec
 from core.jobs.wire import spec_to_dict, view_from_dict
 
 log = logging.getLogger(__name__)
 
 BASE_URL = "http://agent"
+AGENT_LOST_AFTER = 3.0
+"""Seconds without the agent (events gone, no answer) after which a waiting client gives up."""
 STREAM_READ_TIMEOUT = 10.0
 """The agent writes at least an empty line every second: this much silence means it hangs."""
 
@@ -311,6 +313,56 @@ class AgentClient(Jobs):
         docs = self._json("GET", "/v1/jobs")["jobs"]
         return [view_from_dict(d) for d in docs]
 
+    def wait(self, job_id: str, timeout: float | None = None) -> JobView:
+        """Block until job ``job_id`` finished (or ``timeout``); return its view.
+
+        Raises:
+            AgentUnavailable: the agent went away while the job ran and none answered
+                within :data:`AGENT_LOST_AFTER` seconds: the job's outcome is unknown
+                (an agent started later shows it as interrupted).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed = threading.Event()
+
+        def check(changed_id: str) -> None:
+            if changed_id == job_id:
+                changed.set()
+
+        stop = self.subscribe(check)
+        lost_since: float | None = None
+        try:
+            while True:
+                try:
+                    view = self.view(job_id)
+                except AgentUnavailable:  # not in the cache, and no agent to ask
+                    raise _lost(job_id, None) from None
+                if view.state.finished:
+                    return view
+                now = time.monotonic()
+                if self._connected.is_set():
+                    lost_since = None
+                elif lost_since is None:
+                    lost_since = now
+                elif now - lost_since >= AGENT_LOST_AFTER:
+                    view = self._ask_after_loss(view)
+                    if view.state.finished:
+                        return view
+                    lost_since = now  # an agent answers: the events come back
+                left = None if deadline is None else deadline - now
+                if left is not None and left <= 0:
+                    return view
+                changed.wait(0.5 if left is None else min(0.5, left))
+                changed.clear()
+        finally:
+            stop()
+
+    def _ask_after_loss(self, last: JobView) -> JobView:
+        """Ask the agent for ``last``'s job directly; AgentUnavailable when none answers."""
+        try:
+            return self._fetch(last.id)
+        except (AgentUnavailable, KeyError):
+            raise _lost(last.id, last) from None
+
     def close(self) -> None:
         """Disconnect from the agent; its jobs keep running."""
         self._closed.set()
@@ -392,6 +444,22 @@ class AgentClient(Jobs):
             self._cache[job_id] = merged
         self._listeners.notify(job_id)
         return burst
+
+
+def _lost(job_id: str, last: JobView | None) -> AgentUnavailable:
+    """Return the error of a job whose agent went away before it finished."""
+    what = f"job {job_id}"
+    partly = ""
+    if last is not None:
+        what += f" ({last.spec.title}) was {last.state.value}"
+        if isinstance(last.spec, RestoreSpec):
+            partly = f"; {last.spec.volume} may be partly written"
+    else:
+        what += " was queued or running"
+    return AgentUnavailable(
+        f"the agent stopped while {what}: its outcome is unknown{partly}; start the agent "
+        "again ('blockvault jobs' then shows the job as interrupted)"
+    )
 
 
 def _shut_down(sock: socket.socket | None) -> None:

@@ -31,6 +31,7 @@ from core.jobs.model import (
     JobState,
     JobView,
     Listener,
+    RestoreSpec,
     Sample,
 )
 from core.jobs.runner import run_job
@@ -129,8 +130,7 @@ class JobQueue(Jobs):
                     job.view,
                     state=JobState.INTERRUPTED,
                     ended=time.time(),
-                    error="interrupted: the agent stopped while it ran; rerun it "
-                    "(what a backup stored is reused)",
+                    error=_interrupted(view),
                     return_code=int(ReturnCode.FAILED),
                 )
                 self._store.save(job.view)
@@ -419,6 +419,17 @@ class JobQueue(Jobs):
                 if job is not None and job.view.state.finished:
                     self._save_now.set()  # an ended job is stored at once
         self._listeners.notify(job_id)
+
+
+def _interrupted(view: JobView) -> str:
+    """Say what a job cut off by a dead agent left behind, and what to do."""
+    spec = view.spec
+    if isinstance(spec, RestoreSpec) and view.state is not JobState.QUEUED:
+        return (
+            f"interrupted: the agent stopped while it restored {spec.dest}, which is partly "
+            "written; restore it again before using it"
+        )
+    return "interrupted: the agent stopped while it ran; rerun it (what a backup stored is reused)"
 
 
 def _clock() -> str:
