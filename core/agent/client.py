@@ -330,12 +330,18 @@ class AgentClient(Jobs):
 
         stop = self.subscribe(check)
         lost_since: float | None = None
+        first: JobView | None = None
         try:
             while True:
                 try:
                     view = self.view(job_id)
                 except AgentUnavailable:  # not in the cache, and no agent to ask
-                    raise _lost(job_id, None) from None
+                    raise _lost(job_id, first) from None
+                if first is None:
+                    first = view
+                elif view.submitted != first.submitted:
+                    # Another agent (another database) has a job of that id: not ours.
+                    raise _lost(job_id, first)
                 if view.state.finished:
                     return view
                 now = time.monotonic()
@@ -359,9 +365,12 @@ class AgentClient(Jobs):
     def _ask_after_loss(self, last: JobView) -> JobView:
         """Ask the agent for ``last``'s job directly; AgentUnavailable when none answers."""
         try:
-            return self._fetch(last.id)
+            now = self._fetch(last.id)
         except (AgentUnavailable, KeyError):
             raise _lost(last.id, last) from None
+        if now.submitted != last.submitted:  # an agent with another database answered
+            raise _lost(last.id, last)
+        return now
 
     def close(self) -> None:
         """Disconnect from the agent; its jobs keep running."""
