@@ -86,6 +86,13 @@ class BackupSpec:
         """The device or mount point the job works on."""
         return self.target
 
+    def cut_off(self, started: bool) -> str:
+        """Say what this job left when the process running it died, and what to do."""
+        return (
+            "interrupted: the agent stopped while it ran; rerun it (what a backup stored "
+            "is reused)"
+        )
+
 
 @dataclass(frozen=True)
 class RestoreSpec:
@@ -115,6 +122,15 @@ class RestoreSpec:
     def volume(self) -> str:
         """The device the job writes."""
         return self.dest
+
+    def cut_off(self, started: bool) -> str:
+        """Say what this job left when the process running it died, and what to do."""
+        if not started:
+            return "interrupted before it started: nothing was written; rerun it"
+        return (
+            f"interrupted: the agent stopped while it restored {self.dest}, which is partly "
+            "written; restore it again before using it"
+        )
 
 
 JobSpec = BackupSpec | RestoreSpec

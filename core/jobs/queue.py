@@ -31,7 +31,6 @@ from core.jobs.model import (
     JobState,
     JobView,
     Listener,
-    RestoreSpec,
     Sample,
 )
 from core.jobs.runner import run_job
@@ -130,7 +129,7 @@ class JobQueue(Jobs):
                     job.view,
                     state=JobState.INTERRUPTED,
                     ended=time.time(),
-                    error=_interrupted(view),
+                    error=view.spec.cut_off(started=view.state is not JobState.QUEUED),
                     return_code=int(ReturnCode.FAILED),
                 )
                 self._store.save(job.view)
@@ -419,17 +418,6 @@ class JobQueue(Jobs):
                 if job is not None and job.view.state.finished:
                     self._save_now.set()  # an ended job is stored at once
         self._listeners.notify(job_id)
-
-
-def _interrupted(view: JobView) -> str:
-    """Say what a job cut off by a dead agent left behind, and what to do."""
-    spec = view.spec
-    if isinstance(spec, RestoreSpec) and view.state is not JobState.QUEUED:
-        return (
-            f"interrupted: the agent stopped while it restored {spec.dest}, which is partly "
-            "written; restore it again before using it"
-        )
-    return "interrupted: the agent stopped while it ran; rerun it (what a backup stored is reused)"
 
 
 def _clock() -> str:
