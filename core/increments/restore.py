@@ -20,9 +20,10 @@ from typing import Any
 from core.engine.restore import RestoreReport, restore_image
 from core.errors import BlockvaultError
 from core.findings import ReturnCode
-from core.increments.chain import RestorePoint
 from core.increments.replay import ReplayReport, replay
 from core.progress import ProgressFn
+from core.repo.filemanifest import FileManifest
+from core.repo.format import ImageManifest
 from core.repo.repository import Repository
 
 MOUNT_BASE = "/run/blockvault"
@@ -88,7 +89,8 @@ class IncrementalRestoreReport:
 
 
 def restore_with_increments(
-    point: RestorePoint,
+    image: ImageManifest,
+    increment: FileManifest | None,
     dest: str,
     repo: Repository,
     *,
@@ -101,17 +103,16 @@ def restore_with_increments(
     cancel: threading.Event | None = None,
     expected: tuple[object, ...] | None = None,
 ) -> IncrementalRestoreReport:
-    """Restore ``point.image`` onto ``dest`` (guards, confirmation), then replay its increment.
+    """Restore ``image`` onto ``dest`` (guards, confirmation), then replay ``increment``.
 
     With ``to_file`` the image is written into the regular file ``dest``; increments
-    are replayed onto a mounted volume only, so a point with an increment is refused.
+    are replayed onto a mounted volume only, so an increment is refused then.
     """
-    if to_file and point.increment is not None:
+    if to_file and increment is not None:
         raise BlockvaultError(
             "--incremental replays files onto a mounted volume: give a device DEST; "
             "nothing was written"
         )
-    image = point.image.manifest
     restored = restore_image(
         image,
         dest,
@@ -124,10 +125,8 @@ def restore_with_increments(
         cancel=cancel,
         expected=expected,
     )
-    if point.increment is None:
+    if increment is None:
         return IncrementalRestoreReport(restored, None, None)
     with private_mount(restored.dest, image.volume.fstype) as root:
-        replayed = replay(
-            point.increment, root, repo, delete=delete, progress=progress, cancel=cancel
-        )
-    return IncrementalRestoreReport(restored, replayed, point.increment.id)
+        replayed = replay(increment, root, repo, delete=delete, progress=progress, cancel=cancel)
+    return IncrementalRestoreReport(restored, replayed, increment.id)

@@ -88,25 +88,28 @@ def _restore(
     progress: ProgressFn | None,
     cancel: threading.Event | None,
 ) -> JobResult:
-    from core.increments.chain import RestorePoint
     from core.increments.restore import restore_with_increments
-    from core.repo.catalog import catalog
+    from core.repo.store import RepositoryError
 
-    entry = next((e for e in catalog(repo) if e.manifest.id == spec.image_id), None)
-    if entry is None:
+    # Only the two manifests the job names are read (not every image and increment).
+    try:
+        image = repo.image(spec.image_id)
+    except RepositoryError:
         raise BlockvaultError(
             f"image {spec.image_id} is not in the repository; nothing was written"
-        )
+        ) from None
     increment = None
     if spec.increment_id is not None:
-        increment = next((m for m in repo.increments() if m.id == spec.increment_id), None)
-        if increment is None:
+        try:
+            increment = repo.increment(spec.increment_id)
+        except RepositoryError:
             raise BlockvaultError(
                 f"increment {spec.increment_id} is not in the repository; nothing was written"
-            )
+            ) from None
     # Without an increment this is the image restore alone (no mount, no replay).
     both = restore_with_increments(
-        RestorePoint(entry, increment),
+        image,
+        increment,
         spec.dest,
         repo,
         confirm=spec.confirm,

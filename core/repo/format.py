@@ -245,7 +245,7 @@ MAX_MANIFEST_HEADER = 1 << 20
 """A header is a few KiB; more is a hostile manifest (its decoder must not expand it)."""
 MAX_CHUNK_TABLE = 256 << 20
 """8 M chunks: a 32 TiB volume at 4 MiB a chunk."""
-CHUNK_SIZES = range(12, 27)
+CHUNK_SIZES = frozenset(1 << bits for bits in range(12, 27))
 """Chunk sizes a manifest may declare: powers of two, 4 KiB to 64 MiB."""
 
 
@@ -273,7 +273,7 @@ def decode_manifest(stored: bytes, key: str = "manifest") -> ImageManifest:
         if not isinstance(h, dict) or h.get("format") != 1:
             raise ValueError("unknown format")
         chunk_size, size = h["chunk_size"], h["size"]
-        if type(chunk_size) is not int or chunk_size not in {1 << b for b in CHUNK_SIZES}:
+        if type(chunk_size) is not int or chunk_size not in CHUNK_SIZES:
             raise ValueError(f"chunk size {chunk_size!r} is not a power of two of 4 KiB-64 MiB")
         if type(size) is not int or size < 0:
             raise ValueError(f"size {size!r} is not a number of bytes")
