@@ -14,7 +14,7 @@ from core.repo.filemanifest import (
     decode_file_manifest,
     encode_file_manifest,
 )
-from core.repo.format import DamagedObject, VolumeRecord
+from core.repo.format import DamagedObject, VolumeRecord, seal
 
 ENTRIES = (
     FileEntry(".", "d", 0o755, 0, 0, 4096, 10, 11, 2, 3),
@@ -47,7 +47,7 @@ def manifest(entries=ENTRIES) -> FileManifest:
 def stored_with(rows: list, count: int | None = None) -> bytes:
     head = dict(manifest().header(), entries=len(rows) if count is None else count)
     body = MANIFEST_MAGIC + json.dumps(head).encode() + b"\n" + json.dumps(rows).encode()
-    return zstandard.ZstdCompressor().compress(body)
+    return zstandard.ZstdCompressor().compress(seal(body + b"\n"))
 
 
 def test_round_trip_keeps_every_field_and_odd_names():
@@ -88,4 +88,4 @@ def test_garbage_is_damaged_not_a_crash():
     with pytest.raises(DamagedObject):
         decode_file_manifest(b"not zstd at all")
     with pytest.raises(DamagedObject):
-        decode_file_manifest(zstandard.ZstdCompressor().compress(MANIFEST_MAGIC + b"{"))
+        decode_file_manifest(zstandard.ZstdCompressor().compress(seal(MANIFEST_MAGIC + b"{")))

@@ -24,6 +24,7 @@ from core.repo.format import (
     VolumeRecord,
     decode_manifest,
     encode_manifest,
+    seal,
 )
 from core.repo.repository import Repository
 
@@ -44,7 +45,7 @@ GOOD = ImageManifest(
 def stored(header: dict, table: bytes = ZERO_ID * 2) -> bytes:
     raw = json.dumps(header).encode()
     return zstandard.ZstdCompressor().compress(
-        MANIFEST_MAGIC + struct.pack(">I", len(raw)) + raw + table
+        seal(MANIFEST_MAGIC + struct.pack(">I", len(raw)) + raw + table)
     )
 
 
@@ -87,7 +88,7 @@ def test_a_manifest_that_expands_without_bound_is_refused_in_bounded_memory():
 
 
 def test_a_header_length_past_the_limit_is_damaged():
-    body = MANIFEST_MAGIC + struct.pack(">I", 1 << 30) + b"{}"
+    body = seal(MANIFEST_MAGIC + struct.pack(">I", 1 << 30) + b"{}")
     with pytest.raises(DamagedObject, match="header length"):
         decode_manifest(zstandard.ZstdCompressor().compress(body), "images/img1")
 

@@ -14,7 +14,7 @@ import os
 import struct
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from core import findings as F
@@ -45,6 +45,10 @@ class RestoreRefused(BlockvaultError):
 
 class RestoreDamaged(BlockvaultError):
     """A stored chunk failed its hash check; the restore stopped at it."""
+
+
+class RestoreWriteFailed(BlockvaultError):
+    """The destination (or the repository) failed mid-restore: the target is partly written."""
 
 
 class VerifyFailed(BlockvaultError):
@@ -130,7 +134,9 @@ def restore_image(
 
     Raises:
         RestoreRefused: a blocker, or ``confirm`` does not name the destination exactly.
-        RestoreDamaged: a chunk failed its hash check (the offset and id are named).
+        RestoreDamaged: a chunk the image needs is missing (found before anything is
+            written) or failed its hash check (the offset and id are named).
+        RestoreWriteFailed: the destination failed a write; the written range is named.
         VerifyFailed: ``verify`` read back different bytes.
     """
     with repo.lock():
@@ -148,6 +154,7 @@ def restore_image(
                 f"{plan.confirm_name} changed since it was shown and confirmed (another "
                 "device, file or size now); nothing was written — run the restore again"
             )
+        refuse_missing_chunks(repo, manifest)
         report = RestoreReport(manifest.id, plan.confirm_name, bytes_image=manifest.size)
         report.findings = list(plan.findings)
         meter = Meter("restoring", manifest.size, progress, cancel, report=report)
@@ -160,17 +167,29 @@ def restore_image(
             raise RestoreRefused(
                 f"{plan.confirm_name} is no longer the device that was checked; nothing was written"
             )
+        span = _Span()
         try:
-            _write_chunks(opened, plan, manifest, repo, report, meter, workers)
+            _write_chunks(opened, plan, manifest, repo, report, meter, workers, span)
             meter.check_cancel()
             if not plan.to_file:
-                _zero_ranges(opened.fd, plan, manifest, report, meter)
+                _zero_ranges(opened.fd, plan, manifest, report, meter, span)
             os.fsync(opened.fd)
         except Cancelled:
             # Unlike a backup, a restore cannot be undone: say what state the target is in.
             raise Cancelled(
-                f"restore cancelled: {plan.confirm_name} is partly written "
-                f"({report.bytes_written} bytes); restore it again before using it"
+                f"restore cancelled: {plan.confirm_name} is {span.words()}; restore it again "
+                "before using it"
+            ) from None
+        except _WriteError as e:
+            raise RestoreWriteFailed(
+                f"cannot write {plan.confirm_name} at byte {e.offset}: {e.error.strerror}; "
+                f"the restore stopped and {plan.confirm_name} is {span.words()} — check the "
+                "device (dmesg), then restore again"
+            ) from None
+        except OSError as e:  # the final fsync: some write did not reach the device
+            raise RestoreWriteFailed(
+                f"{plan.confirm_name} did not take the restored data ({e.strerror} on flush); "
+                f"it is {span.words()} — check the device (dmesg), then restore again"
             ) from None
         finally:
             opened.close()
@@ -243,6 +262,7 @@ def _write_chunks(
     report: RestoreReport,
     meter: Meter,
     workers: int,
+    span: _Span,
 ) -> None:
     lock = threading.Lock()
     cs = manifest.chunk_size
@@ -257,7 +277,7 @@ def _write_chunks(
             except DamagedObject as damaged:
                 raise RestoreDamaged(
                     f"{damaged.message} (image byte {offset}); restore stopped, "
-                    f"{plan.confirm_name} is partly written — run 'blockvault repo check'"
+                    f"{plan.confirm_name} is {span.words()} — run 'blockvault repo check'"
                 ) from None
             if len(data) > cs or offset + len(data) > manifest.size:
                 # A chunk that would write past the image's end: never beyond what the
@@ -265,7 +285,7 @@ def _write_chunks(
                 raise RestoreDamaged(
                     f"image {manifest.id}: chunk {digest.hex()} holds {len(data)} bytes at "
                     f"byte {offset}, past the image's {manifest.size} bytes; restore stopped, "
-                    f"{plan.confirm_name} is partly written — run 'blockvault repo check'"
+                    f"{plan.confirm_name} is {span.words()} — run 'blockvault repo check'"
                 )
             if aligned is not None:
                 aligned[: len(data)] = data
@@ -273,7 +293,7 @@ def _write_chunks(
             else:
                 view = memoryview(data)
             for s, e in _split(offset, offset + len(data), plan.protected):
-                dest.write(view[s - offset : e - offset], s)
+                span.write(dest.write, view[s - offset : e - offset], s)
             with lock:
                 report.bytes_written += len(data)
                 report.chunks += 1
@@ -288,6 +308,62 @@ def _write_chunks(
     )
 
 
+def refuse_missing_chunks(repo: Repository, manifest: ImageManifest) -> None:
+    """Raise :class:`RestoreDamaged` before any write when a chunk the image needs is not stored.
+
+    One ``lstat`` per distinct chunk: a stored chunk is a regular file holding at least
+    a chunk header, so a lost, emptied or truncated-to-nothing object is found here
+    rather than after part of the target has been overwritten.
+    """
+    needed = manifest.stored_digests()
+    missing = needed - repo.stored_chunks(needed)
+    if not missing:
+        return
+    first = min(i for i, d in manifest.chunks() if d in missing)
+    raise RestoreDamaged(
+        f"image {manifest.id} needs {len(missing)} chunk(s) the repository does not hold "
+        f"(the first at image byte {first * manifest.chunk_size}: "
+        f"{manifest.chunk(first).hex()}); nothing was written — run 'blockvault repo check'"
+    )
+
+
+class _WriteError(Exception):
+    """A write to the destination failed at ``offset`` (internal: becomes RestoreWriteFailed)."""
+
+    def __init__(self, offset: int, error: OSError) -> None:
+        super().__init__(offset, error)
+        self.offset = offset
+        self.error = error
+
+
+class _Span:
+    """The byte range of the destination written so far, for the message when a restore stops."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.low: int | None = None
+        self.high = 0
+
+    def add(self, start: int, end: int) -> None:
+        with self._lock:
+            self.low = start if self.low is None else min(self.low, start)
+            self.high = max(self.high, end)
+
+    def write(self, put: Callable[[memoryview, int], None], data: memoryview, offset: int) -> None:
+        """``put(data, offset)``, noting the range; a failure becomes :class:`_WriteError`."""
+        try:
+            put(data, offset)
+        except OSError as e:
+            raise _WriteError(offset, e) from None
+        self.add(offset, offset + len(data))
+
+    def words(self) -> str:
+        """``partly written (bytes A–B)``, or ``not written`` when nothing was."""
+        if self.low is None:
+            return "not yet written (it holds what it held before)"
+        return f"partly written (between bytes {self.low} and {self.high})"
+
+
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         n = os.pwrite(fd, data, offset)
@@ -296,7 +372,12 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 
 def _zero_ranges(
-    fd: int, plan: RestorePlan, manifest: ImageManifest, report: RestoreReport, meter: Meter
+    fd: int,
+    plan: RestorePlan,
+    manifest: ImageManifest,
+    report: RestoreReport,
+    meter: Meter,
+    span: _Span,
 ) -> None:
     """Make the image's zero chunks read as zeros on the device (one ioctl per run)."""
     cs = manifest.chunk_size
@@ -310,14 +391,19 @@ def _zero_ranges(
         else:
             runs.append((s, e))
     zeros = bytes(cs)
+
+    def put(data: memoryview, offset: int) -> None:
+        _pwrite_all(fd, data, offset)
+
     for s, e in runs:
         for ps, pe in _split(s, e, plan.protected):
             meter.check_cancel()
             try:
                 fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", ps, pe - ps))
+                span.add(ps, pe)
             except OSError:
                 for off in range(ps, pe, cs):
-                    _pwrite_all(fd, memoryview(zeros)[: min(cs, pe - off)], off)
+                    span.write(put, memoryview(zeros)[: min(cs, pe - off)], off)
             report.bytes_zeroed += pe - ps
             meter.add(pe - ps)
 

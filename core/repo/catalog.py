@@ -49,9 +49,7 @@ def catalog(
     repo: Repository, manifests: Sequence[ImageManifest] | None = None
 ) -> list[CatalogEntry]:
     """Return every image of ``repo`` (or ``manifests``), by volume, newest first in each."""
-    return catalog_of(
-        repo.images() if manifests is None else manifests, repo.config.keep_versions
-    )
+    return catalog_of(repo.images() if manifests is None else manifests, repo.config.keep_versions)
 
 
 def catalog_of(manifests: Iterable[ImageManifest], keep: int) -> list[CatalogEntry]:

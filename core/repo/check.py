@@ -4,24 +4,20 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from core import findings as F
-from core.errors import BlockvaultError
 from core.findings import Finding
 from core.progress import Meter, ProgressFn
 from core.repo.filemanifest import FileManifest
-from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, decode_chunk
+from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_key, decode_chunk
 from core.repo.repository import Repository
 from core.repo.store import ObjectMissing
 from core.report import JobReport
 from core.workers import run_workers
-
-
-class PruneRefused(BlockvaultError):
-    """Prune would be unsafe (a manifest is unreadable, so its chunks are unknown)."""
 
 
 @dataclass
@@ -75,15 +71,15 @@ def _check(
     report = CheckReport()
     manifests = [m for _, m in _readable(report, "image", repo.image_ids(), repo.image)]
     report.images = len(manifests)
-    keys = list(repo.store.list("chunks"))
-    stored = {bytes.fromhex(k.split("/", 1)[1]) for k in keys}
-    meter = Meter("checking", len(keys), progress, cancel)
+    digests = repo.chunk_digests()
+    stored = set(digests)
+    meter = Meter("checking", len(digests), progress, cancel)
     damaged: set[bytes] = set()
     lock = threading.Lock()
 
-    def verify(take: Iterator[str]) -> None:
-        for key in take:
-            digest = bytes.fromhex(key.split("/", 1)[1])
+    def verify(take: Iterator[bytes]) -> None:
+        for digest in take:
+            key = chunk_key(digest)
             try:
                 data = repo.store.get(key)
                 plain = decode_chunk(data, digest)
@@ -98,9 +94,13 @@ def _check(
             meter.add(1)
 
     run_workers(
-        keys, verify, threads=os.cpu_count() or 1, check_cancel=meter.check_cancel, name="bv-check"
+        digests,
+        verify,
+        threads=os.cpu_count() or 1,
+        check_cancel=meter.check_cancel,
+        name="bv-check",
     )
-    report.chunks = len(keys)
+    report.chunks = len(digests)
 
     for m in manifests:
         for index, digest in m.chunks():
@@ -149,6 +149,15 @@ def _check(
                         chunk=digest.hex(),
                     )
                 )
+    for where, why in repo.strays():
+        report.findings.append(
+            F.warning(
+                "STRAY_OBJECT",
+                f"{where} {why}; it is not read, listed or pruned — move it out of the "
+                "repository (or where it belongs)",
+                path=where,
+            )
+        )
     leftovers = list(repo.store.temp_files())
     if leftovers:
         report.findings.append(
@@ -194,57 +203,59 @@ def _missing_references(
 
 
 @dataclass
-class PruneReport:
-    """What ``repo prune`` freed."""
+class PruneReport(JobReport):
+    """What ``repo prune`` freed; a warning when a damaged manifest kept it from freeing chunks."""
 
     chunks_deleted: int = 0
     bytes_freed: int = 0
     temp_files_removed: int = 0
     chunks_kept: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the JSON report."""
-        return dict(self.__dict__)
+    duration: float = 0.0
+    findings: list[Finding] = field(default_factory=list)
 
 
 def prune_repository(repo: Repository) -> PruneReport:
-    """Delete chunks that no image names, and leftovers of interrupted writes."""
+    """Delete chunks that no image or increment names, and leftovers of interrupted writes.
+
+    While a manifest is unreadable the chunks it needs are unknown, so no chunk is
+    deleted (each such manifest is named, with how to delete it); leftovers still are.
+    Entries that are no object (:meth:`Repository.strays`) are never touched.
+    """
     report = PruneReport()
+    started = time.monotonic()
     with repo.lock(exclusive=True):
-        referenced = _referenced(repo)
-        for key in list(repo.store.list("chunks")):
-            if key.split("/", 1)[1] in referenced:
-                report.chunks_kept += 1
-                continue
-            report.bytes_freed += repo.store.size_of(key)
-            repo.store.delete(key)
-            report.chunks_deleted += 1
+        referenced = {d for m in repo.images() for d in m.stored_digests()}
+        referenced |= {d for m in repo.increments() for d in m.stored_digests()}
+        if repo.damaged:
+            for key, damage in sorted(repo.damaged.items()):
+                kind, object_id = key.split("/", 1)
+                report.findings.append(
+                    F.warning(
+                        "PRUNE_HELD",
+                        f"no chunk was deleted: {damage.message}; the chunks it needs are "
+                        f"unknown — delete it with {_delete_command(kind, object_id)}, "
+                        "then prune again",
+                        **{kind.removesuffix("s"): object_id},
+                    )
+                )
+        else:
+            for digest in repo.chunk_digests():
+                if digest in referenced:
+                    report.chunks_kept += 1
+                    continue
+                key = chunk_key(digest)
+                report.bytes_freed += repo.store.size_of(key)
+                repo.store.delete(key)
+                report.chunks_deleted += 1
         for path in list(repo.store.temp_files()):
             report.bytes_freed += os.stat(path).st_size
             os.unlink(path)
             report.temp_files_removed += 1
+    report.duration = time.monotonic() - started
     return report
 
 
-def _referenced(repo: Repository) -> set[str]:
-    """Return the names (hex digests) of the chunks some image or increment needs.
-
-    Raises:
-        PruneRefused: a manifest is unreadable, so the chunks it needs are unknown.
-    """
-    kinds: tuple[tuple[str, list[str], Callable[[str], ImageManifest | FileManifest]], ...] = (
-        ("image", repo.image_ids(), repo.image),
-        ("increment", repo.increment_ids(), repo.increment),
-    )
-    referenced: set[str] = set()
-    for what, ids, load in kinds:
-        for manifest_id in ids:
-            try:
-                manifest = load(manifest_id)
-            except DamagedObject as e:
-                raise PruneRefused(
-                    f"prune refused: {what} {manifest_id} is unreadable ({e.message}), so the "
-                    "chunks it needs are unknown; delete it or repair the repository first"
-                ) from None
-            referenced.update(d.hex() for d in manifest.stored_digests())
-    return referenced
+def _delete_command(kind: str, object_id: str) -> str:
+    if kind == "images":
+        return f"'blockvault delete backup --objtype image --image {object_id}'"
+    return f"'blockvault delete backup --objtype increment --increment {object_id}'"

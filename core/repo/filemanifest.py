@@ -7,9 +7,9 @@ chunks (``FILE_CHUNK`` bytes each; ``ZERO_ID`` for an all-zero piece, which is a
 hole in a sparse file); unchanged files reuse the previous manifest's ids.
 
 Stored as ``increments/<id>``: zstd-compressed, a magic, a JSON header line, then
-one JSON array holding a row (an array) per entry. Manifests are untrusted input
-on restore: the decoder checks types; paths are checked by the replay before
-anything is touched.
+one JSON array holding a row (an array) per entry, then the checksum of it all.
+Manifests are untrusted input on restore: the decoder checks types; paths are
+checked by the replay before anything is touched.
 """
 
 from __future__ import annotations
@@ -23,9 +23,26 @@ from typing import Any
 
 import zstandard
 
-from core.repo.format import ID_BYTES, ZERO_ID, DamagedObject, VolumeRecord, manifest_header
+from core.repo.format import (
+    ID_BYTES,
+    MAX_MANIFEST_HEADER,
+    ZERO_ID,
+    DamagedObject,
+    VolumeRecord,
+    expand,
+    manifest_header,
+    seal,
+    unseal,
+)
 
-MANIFEST_MAGIC = b"BVF1\n"
+MANIFEST_MAGIC = b"BVF2\n"
+LEGACY_MANIFEST_MAGIC = b"BVF1\n"
+"""The first increments carry no checksum; they are still read."""
+MAX_FILE_MANIFEST = 4 << 30
+"""What a file manifest may expand to: about 20 million entries."""
+MAX_EXPANSION = 64
+"""Rows hold hex chunk ids and distinct names: a real manifest expands a few times,
+never 64 times (a bomb expands thousands of times)."""
 FILE_CHUNK = 1 << 20
 """Content is cut into 1 MiB pieces: a small change to a large file sends one piece."""
 
@@ -202,7 +219,7 @@ def encode_file_manifest(m: FileManifest) -> bytes:
     # One dumps call for all rows: the C encoder, not 200,000 Python calls.
     rows = json.dumps([e.to_row() for e in m.entries], separators=(",", ":")).encode()
     return zstandard.ZstdCompressor(level=3).compress(
-        b"".join((MANIFEST_MAGIC, header, b"\n", rows, b"\n"))
+        seal(b"".join((MANIFEST_MAGIC, header, b"\n", rows, b"\n")))
     )
 
 
@@ -272,13 +289,15 @@ def _entries(rows: Any) -> tuple[FileEntry, ...]:
 
 def decode_file_manifest(stored: bytes, key: str = "file manifest") -> FileManifest:
     """Return the manifest in ``stored``; raise :class:`DamagedObject` if it is not one."""
-    try:
-        body = zstandard.ZstdDecompressor().decompress(stored, max_output_size=1 << 34)
-    except zstandard.ZstdError as e:
-        raise DamagedObject(f"{key} is damaged: {e}") from None
-    if not body.startswith(MANIFEST_MAGIC):
+    body = expand(stored, min(MAX_FILE_MANIFEST, (32 << 20) + MAX_EXPANSION * len(stored)), key)
+    if body.startswith(MANIFEST_MAGIC):
+        body = unseal(body, key)
+    elif not body.startswith(LEGACY_MANIFEST_MAGIC):
         raise DamagedObject(f"{key} is damaged: bad header")
-    head, _, rest = body[len(MANIFEST_MAGIC) :].partition(b"\n")
+    end = body.find(b"\n", len(MANIFEST_MAGIC), len(MANIFEST_MAGIC) + MAX_MANIFEST_HEADER)
+    if end < 0:
+        raise DamagedObject(f"{key} is damaged: its header is missing or not plausible")
+    head, rest = body[len(MANIFEST_MAGIC) : end], body[end + 1 :]
     try:
         h = json.loads(head)
         if h.get("format") != 1:

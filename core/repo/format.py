@@ -3,7 +3,9 @@
 A chunk's id is the BLAKE3 of its plain bytes (hex); the object holds a 4-byte
 magic, a codec byte and the payload (zstd, or raw when compression does not pay).
 An image manifest is zstd-compressed: magic, a JSON header and a binary chunk
-table of 32-byte ids, where 32 zero bytes mean an all-zero chunk that is not stored.
+table of 32-byte ids, where 32 zero bytes mean an all-zero chunk that is not stored,
+then the BLAKE3 of everything before it (a manifest is checked as a whole on read,
+so a flipped byte in a chunk id is found before a restore writes anything).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import zstandard
 from core.errors import BlockvaultError
 
 CHUNK_MAGIC = b"BVC1"
-MANIFEST_MAGIC = b"BVM1"
+MANIFEST_MAGIC = b"BVM2"
+LEGACY_MANIFEST_MAGIC = b"BVM1"
+"""Format-1 repositories' first manifests carry no checksum; they are still read."""
+SEAL_BYTES = 32
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 ID_BYTES = 32
@@ -233,11 +238,27 @@ def manifest_header(m: _Manifest, **kind_fields: Any) -> dict[str, Any]:
     }
 
 
+def seal(body: bytes) -> bytes:
+    """Return ``body`` followed by its checksum (BLAKE3, :data:`SEAL_BYTES`)."""
+    return body + blake3.blake3(body).digest()
+
+
+def unseal(body: bytes, key: str) -> bytes:
+    """Return a sealed body without its checksum; :class:`DamagedObject` if it does not match."""
+    content, digest = body[:-SEAL_BYTES], body[-SEAL_BYTES:]
+    if len(body) < SEAL_BYTES or blake3.blake3(content).digest() != digest:
+        raise DamagedObject(
+            f"{key} is damaged: its checksum does not match its content (a changed or "
+            "lost byte); nothing was read from it"
+        )
+    return content
+
+
 def encode_manifest(m: ImageManifest) -> bytes:
     """Return the stored form of a manifest."""
     header = json.dumps(m.header(), sort_keys=True).encode()
     body = MANIFEST_MAGIC + struct.pack(">I", len(header)) + header + m.table
-    return zstandard.ZstdCompressor(level=3).compress(body)
+    return zstandard.ZstdCompressor(level=3).compress(seal(body))
 
 
 IMAGE_TYPES = frozenset({"static", "snapshot", "dynamic"})
@@ -249,6 +270,34 @@ CHUNK_SIZES = frozenset(1 << bits for bits in range(12, 27))
 """Chunk sizes a manifest may declare: powers of two, 4 KiB to 64 MiB."""
 
 
+def expand(stored: bytes, limit: int, key: str) -> bytes:
+    """Return the zstd-decompressed ``stored``, refusing to expand it past ``limit`` bytes.
+
+    A frame that declares its size (ours do) is refused before any memory is taken
+    when that size is over ``limit``; one that does not is expanded a block at a
+    time, so a small hostile object costs at most ``limit`` bytes before it is refused.
+    """
+    too_big = DamagedObject(
+        f"{key} is damaged: it expands to more than {limit} bytes, more than any "
+        "manifest of this kind holds"
+    )
+    try:
+        declared = zstandard.frame_content_size(stored)
+        if declared > limit:
+            raise too_big
+        if declared >= 0:
+            return zstandard.ZstdDecompressor().decompress(stored, max_output_size=limit)
+        out = bytearray()
+        reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=True)
+        while block := reader.read(1 << 20):
+            out += block
+            if len(out) > limit:
+                raise too_big
+    except zstandard.ZstdError as e:
+        raise DamagedObject(f"{key} is damaged: {e}") from None
+    return bytes(out)
+
+
 def decode_manifest(stored: bytes, key: str = "manifest") -> ImageManifest:
     """Return the manifest in ``stored``; raise :class:`DamagedObject` if it is not one.
 
@@ -256,13 +305,12 @@ def decode_manifest(stored: bytes, key: str = "manifest") -> ImageManifest:
     or places a write (chunk size, size, the chunk table's length) is checked here,
     before any restore can act on it.
     """
-    try:
-        body = zstandard.ZstdDecompressor().decompress(
-            stored, max_output_size=8 + MAX_MANIFEST_HEADER + MAX_CHUNK_TABLE
-        )
-    except zstandard.ZstdError as e:
-        raise DamagedObject(f"{key} is damaged: {e}") from None
-    if body[:4] != MANIFEST_MAGIC or len(body) < 8:
+    body = expand(stored, 8 + MAX_MANIFEST_HEADER + MAX_CHUNK_TABLE + SEAL_BYTES, key)
+    if body[:4] == MANIFEST_MAGIC:
+        body = unseal(body, key)
+    elif body[:4] != LEGACY_MANIFEST_MAGIC:
+        raise DamagedObject(f"{key} is damaged: bad header")
+    if len(body) < 8:
         raise DamagedObject(f"{key} is damaged: bad header")
     (n,) = struct.unpack(">I", body[4:8])
     if n > MAX_MANIFEST_HEADER or 8 + n > len(body):

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from core.repo.filemanifest import (
     encode_file_manifest,
 )
 from core.repo.format import (
+    DamagedObject,
     ImageManifest,
     chunk_key,
     decode_chunk,
@@ -33,6 +35,7 @@ from core.repo.format import (
 from core.repo.store import LocalStore, ObjectMissing, RepositoryError
 
 T = TypeVar("T")
+_CHUNK_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 REPO_ENV = "BLOCKVAULT_REPO"
 ROOT_DEFAULT = "/var/lib/blockvault/repo"
@@ -76,6 +79,10 @@ class Repository:
         self.location = location
         self.config = config
         self.store = LocalStore(location)
+        self.damaged: dict[str, DamagedObject] = {}
+        """Manifests the last :meth:`images` / :meth:`increments` could not read, by key
+        (``images/ID``): each is left out of what they return, and reported by those
+        who show the repository (``query image``, ``repo check``, a restore)."""
 
     # --- opening ---------------------------------------------------------------
 
@@ -174,6 +181,27 @@ class Repository:
 
     # --- chunks ----------------------------------------------------------------------
 
+    def chunk_digests(self) -> list[bytes]:
+        """Return the digest of every stored chunk (names that are no digest are strays)."""
+        return [
+            bytes.fromhex(name)
+            for key in self.store.list("chunks")
+            if _CHUNK_NAME.match(name := key.split("/", 1)[1])
+        ]
+
+    def strays(self) -> list[tuple[str, str]]:
+        """Return ``(where, why)`` for every entry of the repository's folders that is no object.
+
+        Such entries are never read, listed or deleted (``repo check`` reports them).
+        """
+        out = [s for kind in ("chunks", "images", "increments") for s in self.store.strays(kind)]
+        for key in self.store.list("chunks"):
+            name = key.split("/", 1)[1]
+            if not _CHUNK_NAME.match(name):
+                where = os.path.join(self.location, "chunks", name[:2], name)
+                out.append((where, "is named like no chunk (chunks are named by 64 hex digits)"))
+        return out
+
     def stored_chunks(self, digests: Iterable[bytes]) -> set[bytes]:
         """Return the subset of ``digests`` already stored."""
         keys = {chunk_key(d): d for d in digests}
@@ -198,6 +226,20 @@ class Repository:
     def _ids(self, folder: str) -> list[str]:
         return sorted(k.split("/", 1)[1] for k in self.store.list(folder))
 
+    def _readable(self, folder: str, load: Callable[[str], T]) -> list[T]:
+        """Return every manifest of ``folder`` that reads; note the others in :attr:`damaged`."""
+        for key in [k for k in self.damaged if k.startswith(folder + "/")]:
+            del self.damaged[key]
+        out = []
+        for object_id in self._ids(folder):
+            try:
+                out.append(load(object_id))
+            except DamagedObject as e:
+                self.damaged[f"{folder}/{object_id}"] = e
+            except RepositoryError:
+                continue  # deleted since it was listed
+        return out
+
     def _get_manifest(self, folder: str, object_id: str, decode: Callable[[bytes, str], T]) -> T:
         key = f"{folder}/{object_id}"
         try:
@@ -221,8 +263,8 @@ class Repository:
         return self._get_manifest("images", image_id, decode_manifest)
 
     def images(self) -> list[ImageManifest]:
-        """Return every image's manifest, oldest first."""
-        return [self.image(i) for i in self.image_ids()]
+        """Return every readable image's manifest, oldest first (see :attr:`damaged`)."""
+        return self._readable("images", self.image)
 
     def delete_image(self, image_id: str) -> None:
         """Remove an image's manifest; its chunks stay until ``repo prune``."""
@@ -241,8 +283,8 @@ class Repository:
         return self._get_manifest("increments", increment_id, decode_file_manifest)
 
     def increments(self) -> list[FileManifest]:
-        """Return every increment's file manifest, oldest first."""
-        return [self.increment(i) for i in self.increment_ids()]
+        """Return every readable increment's file manifest, oldest first (see :attr:`damaged`)."""
+        return self._readable("increments", self.increment)
 
     def delete_increment(self, increment_id: str) -> None:
         """Remove an increment's manifest; its chunks stay until ``repo prune``."""

@@ -27,6 +27,10 @@ class ObjectMissing(BlockvaultError):
     """An object the repository should hold is not there."""
 
 
+class UnreadableObject(DamagedObject):
+    """An object is there but cannot be read (an I/O error of the repository's disk)."""
+
+
 class RepositoryError(BlockvaultError):
     """The repository cannot be used (missing, unwritable, not a blockvault repository)."""
 
@@ -72,6 +76,10 @@ class ObjectStore(Protocol):
         """Yield every key of ``kind`` (``chunks``, ``images``)."""
         ...
 
+    def strays(self, kind: str) -> Iterator[tuple[str, str]]:
+        """Yield ``(where, why)`` for what lies under ``kind`` but is no object of it."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove the object; a missing object is not an error."""
         ...
@@ -108,6 +116,8 @@ def _write_all(fd: int, data: Buffers) -> int:
 
 _KEY = re.compile(r"^[a-z]+/[A-Za-z0-9._-]+$")
 TMP_PREFIX = ".tmp-"
+MIN_OBJECT = 6
+"""No object is smaller: a chunk's magic and codec byte and at least one byte of payload."""
 
 
 def check_key(key: str) -> tuple[str, str]:
@@ -204,39 +214,76 @@ class LocalStore:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise self._not_regular(key, "a symbolic link") from None
-            raise
+            raise UnreadableObject(
+                f"cannot open {key} in the repository {self.root}: {e.strerror}"
+            ) from None
         with os.fdopen(fd, "rb") as f:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
                 raise self._not_regular(key, _file_kind(mode))
-            return f.read()
+            try:
+                return f.read()
+            except OSError as e:
+                raise UnreadableObject(
+                    f"cannot read {key} from the repository {self.root}: {e.strerror}; "
+                    "check the repository's disk (dmesg), then 'blockvault repo check'"
+                ) from None
 
     def exists_many(self, keys: Iterable[str]) -> set[str]:
         found: set[str] = set()
         for key in keys:
             try:
-                # An empty file is what a crash can leave of an unsynced write, and
-                # anything but a regular file is damage: neither counts as stored.
+                # An empty or headless file is what a crash can leave of an unsynced
+                # write, and anything but a regular file is damage: none counts as stored.
                 st = os.lstat(self._path(key))
-                if stat.S_ISREG(st.st_mode) and st.st_size > 0:
+                if stat.S_ISREG(st.st_mode) and st.st_size >= MIN_OBJECT:
                     found.add(key)
             except FileNotFoundError:
                 continue
         return found
 
     def list(self, kind: str) -> Iterator[str]:
+        for key, why in self._walk(kind):
+            if why is None:
+                yield key
+
+    def strays(self, kind: str) -> Iterator[tuple[str, str]]:
+        """Yield ``(path, why)`` for what lies under ``kind`` but is no object of it.
+
+        A name no key can have, an object in another fan-out directory than its name
+        says (it would never be found), a symlinked or non-directory fan-out entry:
+        none is read, listed or deleted; ``repo check`` reports them.
+        """
+        for path, why in self._walk(kind):
+            if why is not None:
+                yield path, why
+
+    def _walk(self, kind: str) -> Iterator[tuple[str, str | None]]:
+        """Yield ``(key, None)`` per object of ``kind``, ``(path, why)`` per stray entry."""
         top = os.path.join(self.root, kind)
         if not _real_directory(top):
             return
         for fan in sorted(os.listdir(top)):
+            where = os.path.join(top, fan)
             # A symlinked fan-out directory is never entered: what lies behind it is not
             # the repository's, and prune would delete it.
-            if not _real_directory(os.path.join(top, fan)):
+            if not _real_directory(where):
+                yield where, "is not a fan-out directory (a symlink or a file)"
                 continue
-            names = sorted(os.listdir(os.path.join(top, fan)))
-            for name in names:
-                if not name.startswith(TMP_PREFIX):
-                    yield f"{kind}/{name}"
+            for name in sorted(os.listdir(where)):
+                if name.startswith(TMP_PREFIX):
+                    continue
+                key = f"{kind}/{name}"
+                if not _KEY.match(key) or ".." in key:
+                    yield os.path.join(where, name), "has a name no object can have"
+                elif name[:2] != fan:
+                    right = os.path.join(top, name[:2], name)
+                    yield (
+                        os.path.join(where, name),
+                        f"is in the wrong directory (move it to {right})",
+                    )
+                else:
+                    yield key, None
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -6,10 +6,12 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
+from core import findings as F
 from core.errors import TargetError
+from core.findings import Finding
 from core.repo.catalog import CatalogEntry, catalog
 from core.repo.repository import Repository
-from tui.cli.output import escape, plain_table, print_json
+from tui.cli.output import escape, plain_table, print_findings, print_json
 from tui.format import human_size
 
 if TYPE_CHECKING:
@@ -25,23 +27,54 @@ def select_images(repo: Repository, target: str | None) -> list[CatalogEntry]:
     return list(volume_history(repo, target, increments=()).images)
 
 
+def damaged_findings(repo: Repository) -> list[Finding]:
+    """Return a warning per manifest the last listing of ``repo`` could not read."""
+    out = []
+    for key, damage in sorted(repo.damaged.items()):
+        kind, object_id = key.split("/", 1)
+        what = kind.removesuffix("s")
+        fix = (
+            f"delete it with 'blockvault delete backup --objtype image --image {object_id}'"
+            if what == "image"
+            else "'blockvault repo check' lists what depends on it"
+        )
+        out.append(
+            F.warning(
+                "MANIFEST_DAMAGED",
+                f"{damage.message}; it is left out, the rest of the repository is usable — {fix}",
+                **{what: object_id},
+            )
+        )
+    return out
+
+
 def cmd_query_image(args: argparse.Namespace, out: Console) -> int:
     repo = Repository.open(args.repo, create=False)
     found = select_images(repo, args.target)
+    damaged = damaged_findings(repo)
     if args.target and not found and not os.path.exists(args.target):
         raise TargetError(
             f"{args.target} does not exist and no images are filed under that name; "
             "'blockvault query image' lists every volume's"
         )
     entries = [e for e in found if e.active or args.inactive]
+    rc = int(F.return_code(damaged))
     if args.json:
-        print_json({"images": [e.to_dict() for e in entries]})
-        return 0
+        print_json(
+            {
+                "images": [e.to_dict() for e in entries],
+                "findings": [f.to_dict() for f in damaged],
+                "return_code": rc,
+            }
+        )
+        return rc
+    print_findings(out, damaged)
     if not entries:
         what = f" of {args.target}" if args.target else ""
         out.print(f"no {'' if args.inactive else 'active '}images{escape(what)} in {repo.location}")
-        return 0
-    # One block per volume, so the rows fit 80 columns without cutting an id.
+        return rc
+    # One block per volume, so the rows fit 80 columns without cutting an id: the
+    # volume's size is on its line, and a fuzzy image is marked by a star.
     by_volume: dict[str, list[CatalogEntry]] = {}
     for e in entries:
         by_volume.setdefault(e.manifest.volume.key, []).append(e)
@@ -49,22 +82,49 @@ def cmd_query_image(args: argparse.Namespace, out: Console) -> int:
         v = group[0].manifest.volume
         out.print(
             f"[bold]{escape(key)}[/]  ({escape(v.device)}, "
-            f"{escape(v.fstype or 'raw')}, host {escape(v.host)})"
+            f"{escape(v.fstype or 'raw')}, {human_size(group[0].manifest.size)}, "
+            f"host {escape(v.host)})"
         )
         table = plain_table()
-        for col in ("image", "taken", "size", "type", "state"):
-            table.add_column(col, no_wrap=True)
+        for col in ("image", "taken", "stored", "dedup", "type", "state"):
+            table.add_column(col, no_wrap=True, justify="right" if col == "dedup" else "left")
         for e in group:
             m = e.manifest
+            stored, dedup = _stored_and_dedup(m.stats)
             table.add_row(
                 m.id,
                 m.started[:16].replace("T", " "),
-                human_size(m.size),
-                m.imagetype + (" fuzzy" if m.fuzzy else ""),
+                stored,
+                dedup,
+                m.imagetype + ("*" if m.fuzzy else ""),
                 "active" if e.active else "inactive",
             )
         out.print(table)
-    return 0
+    if any(e.manifest.fuzzy for e in entries):
+        out.print(
+            "* fuzzy: taken while the volume was in use (check the file system after restore)"
+        )
+    out.print(
+        "stored: what the image added to the repository, compressed; "
+        "dedup: its data the repository already held"
+    )
+    return rc
+
+
+def _stored_and_dedup(stats: dict[str, Any]) -> tuple[str, str]:
+    """Return the ``stored`` and ``dedup`` cells of an image's row ("-" where not recorded)."""
+    stored_new, new, dedup = (
+        _count(stats, k) for k in ("bytes_stored_new", "bytes_new", "bytes_dedup")
+    )
+    if stored_new is None or new is None or dedup is None:
+        return "-", "-"
+    data = new + dedup
+    return human_size(stored_new), f"{100 * dedup // data}%" if data else "-"
+
+
+def _count(stats: dict[str, Any], key: str) -> int | None:
+    v = stats.get(key)
+    return v if type(v) is int and v >= 0 else None
 
 
 def cmd_query_backup(args: argparse.Namespace, out: Console) -> int:

@@ -49,13 +49,14 @@ def cmd_repo(args: argparse.Namespace, out: Console) -> int:
         return int(report.return_code)
     pruned = prune_repository(repo)
     if args.json:
-        print(json.dumps(pruned.to_dict()))
+        print_json(pruned.to_dict())
     else:
         out.print(
             f"deleted {pruned.chunks_deleted} chunks ({human_size(pruned.bytes_freed)} freed), "
             f"kept {pruned.chunks_kept}; removed {pruned.temp_files_removed} leftovers"
         )
-    return 0
+        print_findings(out, pruned.findings)
+    return int(pruned.return_code)
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from core.repo.repository import Repository
 from tui.cli.confirm import ConfirmationRefused, confirm_by_name
 from tui.cli.jobs import add_agent_options, run_spec
 from tui.cli.output import escape, print_findings, print_json
+from tui.cli.query import damaged_findings
 from tui.format import human_size
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ def _print_plan(out: Console, plan: RestorePlan, entry: CatalogEntry) -> None:
 
 def _restore_point(repo: Repository, args: argparse.Namespace) -> RestorePoint:
     """Return the image (and increment) ``restore image`` uses for SOURCE and the options."""
+    from core.engine.restore import RestoreRefused
     from core.history import volume_history
     from core.increments.chain import point_in_time
 
@@ -50,6 +52,9 @@ def _restore_point(repo: Repository, args: argparse.Namespace) -> RestorePoint:
         raise TargetError("--incremental replays files onto a mounted volume: give a device DEST")
     pit = point_in_time(args.pitdate, args.pittime)
     history = volume_history(repo, args.source, increments=None if args.incremental else ())
+    damage = repo.damaged.get(f"images/{args.image}") if args.image else None
+    if damage is not None:
+        raise RestoreRefused(f"{damage.message}; choose another image (nothing was written)")
     return history.point(pit, image_id=args.image, incremental=args.incremental)
 
 
@@ -76,11 +81,18 @@ def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
 
     repo = Repository.open(args.repo, create=False)
     point = _restore_point(repo, args)
+    # An unreadable manifest may have been this volume's newest image or increment: say
+    # so before the confirmation, so that an older state is never restored unawares.
+    damaged = damaged_findings(repo)
+    if args.json:
+        for f in damaged:
+            print(f"blockvault: warning: {f.message}", file=sys.stderr)
     m = point.image.manifest
     dest = args.dest or m.volume.device
     plan = plan_restore(m, dest, repo, to_file=args.imagetofile, preserve_label=args.preserve_label)
     inc = point.increment if args.incremental else None
     if not args.json:
+        print_findings(out, damaged)
         _print_plan(out, plan, point.image)
         if args.incremental:
             out.print(
