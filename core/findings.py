@@ -46,15 +46,22 @@ class Finding:
     """One line for a person: what is wrong and what to do."""
     details: Mapping[str, Any] = field(default_factory=dict)
     """Machine-readable facts behind the message (pids, paths, offsets)."""
+    confirmed: bool = False
+    """A warning the user was shown and confirmed before the job wrote anything (a
+    restore's DEST_HAS_DATA): it stays in the report, but a job that went as confirmed
+    is a clean one, so it does not make the return code 8."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON form used by ``--json`` output."""
-        return {
+        d: dict[str, Any] = {
             "code": self.code,
             "severity": self.severity.word,
             "message": self.message,
             "details": dict(self.details),
         }
+        if self.confirmed:
+            d["confirmed"] = True
+        return d
 
 
 def finding_from_dict(d: Mapping[str, Any]) -> Finding:
@@ -64,6 +71,7 @@ def finding_from_dict(d: Mapping[str, Any]) -> Finding:
         severity=Severity[str(d["severity"]).upper()],
         message=str(d["message"]),
         details=dict(d.get("details") or {}),
+        confirmed=d.get("confirmed") is True,
     )
 
 
@@ -88,8 +96,11 @@ def worst(findings: Iterable[Finding]) -> Severity | None:
 
 
 def return_code(findings: Iterable[Finding]) -> ReturnCode:
-    """Map findings to the TSM return code of a check: 0, 8 for warnings, 12 for a blocker."""
-    top = worst(findings)
+    """Map findings to the TSM return code of a check: 0, 8 for warnings, 12 for a blocker.
+
+    Warnings the user confirmed before the job (:attr:`Finding.confirmed`) do not count.
+    """
+    top = worst(f for f in findings if not (f.confirmed and f.severity is Severity.WARNING))
     if top is Severity.BLOCKER:
         return ReturnCode.FAILED
     if top is Severity.WARNING:

@@ -33,3 +33,8 @@ def parse_size(text: str) -> int:
     if value < 0:
         raise ValueError(f"bad size {text!r}: a size cannot be negative")
     return value
+
+
+def article(word: str) -> str:
+    """Return ``word`` after "a" or "an", as it is said: "an ext4", "an xfs", "a gpt"."""
+    return f"{'an' if word[:1].lower() in 'aeiox' else 'a'} {word}"

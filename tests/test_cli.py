@@ -119,3 +119,18 @@ def test_query_image_of_a_path_that_does_not_exist_is_refused(tmp_path):
     Repository.init(str(tmp_path / "repo"))
     res = blockvault("query", "image", "/nonexistent/bv", "--repo", str(tmp_path / "repo"))
     assert_one_line_refusal(res, "/nonexistent/bv does not exist")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["backup", "image"], ["restore", "image"], ["query", "image"], ["query", "backup"],
+     ["delete", "backup"], ["repo"]],
+)  # fmt: skip
+def test_each_command_s_help_says_what_it_does_with_examples(command):
+    res = blockvault(*command, "--help")
+    assert res.rc == 0, res.err
+    usage, _, rest = res.out.partition("\n\n")
+    description = rest.split("\n\n", 1)[0]
+    assert len(description.split()) >= 15, res.out  # a description, not the options list
+    examples = res.out.split("examples:\n", 1)[1].splitlines()
+    assert examples and all(e.startswith(f"  blockvault {command[0]}") for e in examples)

@@ -24,7 +24,7 @@ from core.mounts import ProcessUse, processes_using, read_active_swaps
 from core.preflight import container_label
 from core.repo.format import ZERO_ID, ImageManifest
 from core.targets import TargetCodeError, resolve
-from core.units import human_size
+from core.units import article, human_size
 
 
 @dataclass(frozen=True)
@@ -443,7 +443,9 @@ def _label_hits(manifest: ImageManifest, dev: BlockDevice, disk: DiskLabel | Non
             f"({covered[0].code}): restoring overwrites that disk's label"
         )
     if not covered and dev.label is not None and manifest.label is None:
-        reasons.append(f"{dev.path} holds a {dev.label.kind.value} label that will be overwritten")
+        reasons.append(
+            f"{dev.path} holds {article(dev.label.kind.value)} label that will be overwritten"
+        )
     return "; ".join(reasons)
 
 

@@ -15,7 +15,7 @@ import struct
 import subprocess
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from core import findings as F
 from core.devices import DeviceTree, scan
@@ -156,7 +156,11 @@ def restore_image(
             )
         refuse_missing_chunks(repo, manifest)
         report = RestoreReport(manifest.id, plan.confirm_name, bytes_image=manifest.size)
-        report.findings = list(plan.findings)
+        # The name was confirmed with these findings on screen: its warnings were read.
+        report.findings = [
+            replace(f, confirmed=True) if f.severity is Severity.WARNING else f
+            for f in plan.findings
+        ]
         meter = Meter("restoring", manifest.size, progress, cancel, report=report)
         # The destination open for writing (``dest`` stays the name the user gave).
         opened = _Dest(plan, manifest.size)

@@ -400,9 +400,10 @@ def _whole_mount(vol: Volume, target: str) -> Mount:
     if mount is None and dev.mounts:
         mount = dev.mounts[0]
     if mount is None:
+        named = dev.path if target == dev.path else f"{target} ({dev.path})"
         raise VolumeNotMounted(
-            f"{target}: {dev.path} is not mounted; mount it first (an increment reads the "
-            "files of the mounted file system)"
+            f"{named} is not mounted; mount it first (an increment reads the files of the "
+            "mounted file system)"
         )
     if mount.root != "/":
         whole = next((m.mount_point for m in dev.mounts if m.root == "/"), None)

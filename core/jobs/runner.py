@@ -78,7 +78,12 @@ def _backup(
         snapshot_cache_pct=spec.snapshot_cache_pct,
         **({"gap_size": spec.gap_size} if spec.gap_size is not None else {}),
     )
-    image = backup_image(spec.target, open_repo(True), options, progress=progress, cancel=cancel)
+    repo = open_repo(True)
+    try:
+        image = backup_image(spec.target, repo, options, progress=progress, cancel=cancel)
+    except BaseException:
+        repo.discard_unused()  # a refused first backup leaves no repository behind
+        raise
     return JobResult(image.to_dict(), tuple(image.findings))
 
 

@@ -79,6 +79,9 @@ class Repository:
         self.location = location
         self.config = config
         self.store = LocalStore(location)
+        self._made_directory = False
+        self.created = False
+        """True when this very opening created the repository (see :meth:`discard_unused`)."""
         self.damaged: dict[str, DamagedObject] = {}
         """Manifests the last :meth:`images` / :meth:`increments` could not read, by key
         (``images/ID``): each is left out of what they return, and reported by those
@@ -103,6 +106,7 @@ class Repository:
             raise RepositoryError(
                 f"{location} is not empty and not a blockvault repository; choose another path"
             )
+        made_directory = not os.path.isdir(location)
         try:
             os.makedirs(location, mode=0o700, exist_ok=True)
         except OSError as e:
@@ -120,7 +124,9 @@ class Repository:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, os.path.join(location, CONFIG_NAME))
-        return cls(location, config)
+        repo = cls(location, config)
+        repo.created, repo._made_directory = True, made_directory
+        return repo
 
     @classmethod
     def open(cls, location: str | None = None, *, create: bool = True) -> Repository:
@@ -147,6 +153,30 @@ class Repository:
         if config.format != 1:
             raise RepositoryError(f"{location} has repository format {config.format}; unsupported")
         return cls(location, config)
+
+    def discard_unused(self) -> None:
+        """Remove a repository this opening created when nothing was stored in it.
+
+        A refused or failed first backup leaves no repository behind. Only what
+        :meth:`init` and the lock made is removed, and the directory only when empty;
+        any object, manifest or unknown file keeps the repository as it is.
+        """
+        if not self.created:
+            return
+        for kind in ("chunks", "images", "increments"):
+            top = os.path.join(self.location, kind)
+            if os.path.isdir(top) and any(os.scandir(top)):
+                return
+        for name in ("chunks", "images", "increments"):
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.rmdir(os.path.join(self.location, name))
+        for name in (CONFIG_NAME, "lock"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.location, name))
+        if self._made_directory:
+            with contextlib.suppress(OSError):
+                os.rmdir(self.location)  # only if nothing else is there
+        self.created = False
 
     # --- locking -----------------------------------------------------------------
 

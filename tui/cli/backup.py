@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import TargetError
 from core.units import parse_size
 from tui.cli.jobs import add_agent_options, run_spec
-from tui.cli.output import print_report
+from tui.cli.output import help_page, print_report
 from tui.format import human_size
 
 if TYPE_CHECKING:
@@ -117,7 +117,21 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     backup = sub.add_parser("backup", help="back up a volume").add_subparsers(
         dest="what", metavar="image", required=True
     )
-    p = backup.add_parser("image", parents=[common], help="take an image backup of TARGET")
+    p = backup.add_parser(
+        "image",
+        parents=[common],
+        help="take an image backup of TARGET",
+        **help_page(
+            "Take an image of TARGET (a device, or a mount point) into the repository: only "
+            "used blocks are read, chunks the repository holds are not stored again. "
+            "--imagetype static remounts a mounted volume read-only while it is read; snapshot "
+            "reads a consistent copy; dynamic reads it live (marked fuzzy). --mode incremental "
+            "backs up the files changed since the last image or increment.",
+            "blockvault backup image /srv",
+            "blockvault backup image /dev/sdb1 -imagetype=snapshot -snapshot-fallback=dynamic",
+            "blockvault backup image /srv --mode incremental",
+        ),
+    )
     p.add_argument("target", metavar="TARGET", help="block device or mount point")
     p.add_argument(
         "--imagetype",

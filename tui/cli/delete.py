@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import TargetError
 from core.repo.repository import Repository
 from tui.cli.confirm import confirm_by_name
+from tui.cli.output import help_page
 from tui.cli.query import select_images
 
 if TYPE_CHECKING:
@@ -85,20 +86,16 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "backup",
         parents=[common],
         help="delete image versions of TARGET",
-        description=(
+        **help_page(
             "Delete images of TARGET: one by --image ID, the inactive versions (--inactive), "
             "or all of them (confirmed by --confirm TARGET). A damaged image (its manifest "
             "unreadable, so its volume unknown) is deleted by --image ID alone, and a damaged "
             "increment by --objtype increment --increment ID. 'blockvault repo prune' then "
-            "frees the chunks no other backup needs."
+            "frees the chunks no other backup needs.",
+            "blockvault delete backup /srv --objtype image --inactive",
+            "blockvault delete backup --objtype image --image 20261126T101010Z-1a2b3c",
+            "blockvault delete backup /srv --objtype image --confirm /srv",
         ),
-        epilog=(
-            "examples:\n"
-            "  blockvault delete backup /srv --objtype image --inactive\n"
-            "  blockvault delete backup --objtype image --image 20261126T101010Z-1a2b3c\n"
-            "  blockvault delete backup /srv --objtype image --confirm /srv"
-        ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("target", metavar="TARGET", nargs="?")
     p.add_argument("--objtype", required=True, help="image (or increment, for a damaged one)")

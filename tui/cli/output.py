@@ -113,3 +113,18 @@ def plain_table() -> Any:
     from rich.table import Table
 
     return Table(box=None, header_style="bold", pad_edge=False, padding=(0, 2, 0, 0))
+
+
+def help_page(description: str, *examples: str) -> dict[str, Any]:
+    """Return the ``add_parser`` keywords for a command's ``--help``: what it does, examples."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples) if examples else None
+    return {"description": description, "epilog": epilog, "formatter_class": _HelpFormatter}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps a description to the terminal; keeps the examples one per line, as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)

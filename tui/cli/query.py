@@ -11,7 +11,7 @@ from core.errors import TargetError
 from core.findings import Finding
 from core.repo.catalog import CatalogEntry, catalog
 from core.repo.repository import Repository
-from tui.cli.output import escape, plain_table, print_findings, print_json
+from tui.cli.output import escape, help_page, plain_table, print_findings, print_json
 from tui.format import human_size
 
 if TYPE_CHECKING:
@@ -186,11 +186,31 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     query = sub.add_parser("query", help="list images or a file's versions").add_subparsers(
         dest="what", metavar="image|backup", required=True
     )
-    p = query.add_parser("backup", parents=[common], help="versions of a file across increments")
+    p = query.add_parser(
+        "backup",
+        parents=[common],
+        help="versions of a file across increments",
+        **help_page(
+            "List the versions of PATH (a file on a mounted volume) the increments hold: when "
+            "each was taken, and the file's size, mode, owner and time in it.",
+            "blockvault query backup /srv/www/index.html",
+        ),
+    )
     p.add_argument("path", metavar="PATH", help="a file on a mounted volume (absolute path)")
     p.set_defaults(func=cmd_query_backup)
 
-    p = query.add_parser("image", parents=[common], help="list images (of TARGET)")
+    p = query.add_parser(
+        "image",
+        parents=[common],
+        help="list images (of TARGET)",
+        **help_page(
+            "List the images of every volume, or of TARGET (a device or mount point, even "
+            "one that is gone): newest first, with what each added to the repository and how "
+            "much of it was already there. Damaged manifests are reported and left out.",
+            "blockvault query image",
+            "blockvault query image /srv --inactive",
+        ),
+    )
     p.add_argument("target", metavar="TARGET", nargs="?")
     p.add_argument("--inactive", action="store_true", help="also list inactive versions")
     p.set_defaults(func=cmd_query_image)

@@ -7,7 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from core.repo.repository import Repository, default_location
-from tui.cli.output import escape, print_findings, print_json
+from tui.cli.output import escape, help_page, print_findings, print_json
 from tui.format import human_size
 
 if TYPE_CHECKING:
@@ -61,7 +61,19 @@ def cmd_repo(args: argparse.Namespace, out: Console) -> int:
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``repo`` to the command line's subparsers."""
-    p = sub.add_parser("repo", parents=[common], help="init, check or prune the repository")
+    p = sub.add_parser(
+        "repo",
+        parents=[common],
+        help="init, check or prune the repository",
+        **help_page(
+            "init: make a repository (--keep-versions N active images per volume). check: "
+            "read every object and verify every hash and reference (rc 12 on damage). prune: "
+            "delete chunks no image or increment needs, and leftovers of interrupted writes.",
+            "blockvault repo init --repo /backup/repo --keep-versions 5",
+            "blockvault repo check",
+            "blockvault repo prune",
+        ),
+    )
     p.add_argument("action", choices=["init", "check", "prune"])
     p.add_argument(
         "--keep-versions",

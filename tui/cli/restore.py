@@ -11,7 +11,7 @@ from core.findings import ReturnCode, Severity, finding_from_dict
 from core.repo.repository import Repository
 from tui.cli.confirm import ConfirmationRefused, confirm_by_name
 from tui.cli.jobs import add_agent_options, run_spec
-from tui.cli.output import escape, print_findings, print_json
+from tui.cli.output import escape, help_page, print_findings, print_json
 from tui.cli.query import damaged_findings
 from tui.format import human_size
 
@@ -159,7 +159,22 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     restore = sub.add_parser("restore", help="restore a volume").add_subparsers(
         dest="what", metavar="image", required=True
     )
-    p = restore.add_parser("image", parents=[common], help="restore an image of SOURCE to DEST")
+    p = restore.add_parser(
+        "image",
+        parents=[common],
+        help="restore an image of SOURCE to DEST",
+        **help_page(
+            "Restore an image of SOURCE (the volume it was taken from) onto DEST, or back onto "
+            "the original device. The target's findings are shown first; nothing is written "
+            "until DEST's exact name is typed (or given with --confirm). --incremental then "
+            "replays the newest increment (or the one of --pitdate/--pittime) onto it.",
+            "blockvault restore image /srv /dev/sdc1",
+            "blockvault restore image /srv /dev/sdc1 --incremental --deletefiles",
+            "blockvault restore image /srv /dev/sdc1 -pitdate=12/02/2026 -pittime=10:00:00 "
+            "--incremental",
+            "blockvault restore image /srv /tmp/srv.img --imagetofile",
+        ),
+    )
     p.add_argument("source", metavar="SOURCE", help="the volume the image was taken from")
     p.add_argument("dest", metavar="DEST", nargs="?", help="default: the original device")
     p.add_argument("--image", metavar="ID", help="image version (default: newest active)")
