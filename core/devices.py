@@ -5,20 +5,25 @@ each device (file-system signature, disk label). Loop devices carry their backin
 file, offset and size limit; a loop device that maps part of a file which is also
 attached whole stands for a partition or slice of that loop disk, because
 partition scanning is off for loop devices on many machines.
+
+Each device also knows the devices that map some of its bytes (a disk and its
+partitions, loop slices over the same backing file) and the loop devices whose
+backing file lies on its mounted file system: a volume is only as still as
+everything that shares its bytes.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from core.bytesource import FileSource
 from core.labels import DiskLabel, read_label
-from core.mounts import MOUNTINFO_PATH, Mount, read_mounts
+from core.mounts import MOUNTINFO_PATH, Mount, mount_containing, read_mounts
 from core.signatures import Signature, probe
 
 SYS_CLASS_BLOCK = "/sys/class/block"
@@ -56,6 +61,58 @@ class Extent:
     size: int
 
 
+class Relation(StrEnum):
+    """Where another device's bytes lie, seen from this one."""
+
+    CONTAINS = "contains"
+    """All of the other's bytes lie in this one (a disk, and a partition of it)."""
+    INSIDE = "inside"
+    """This one lies within the other (a partition, and its disk)."""
+    SAME = "same"
+    """Both map exactly the same bytes (two loop devices over one whole file)."""
+    PARTIAL = "partial"
+    """They share some bytes, and each has bytes of its own."""
+
+
+@dataclass(frozen=True)
+class Overlap:
+    """Another device that maps some of this one's bytes, and where they lie."""
+
+    name: str
+    path: str
+    kind: DeviceKind
+    major: int
+    minor: int
+    relation: Relation
+
+    def describe(self) -> str:
+        """Return ``/dev/loop6 (a slice of it)``, as the findings name it."""
+        what = {
+            Relation.CONTAINS: (
+                "a partition of it" if self.kind is DeviceKind.PARTITION else "a slice of it"
+            ),
+            Relation.INSIDE: "the disk it lies on",
+            Relation.SAME: "a device over the same bytes",
+            Relation.PARTIAL: "a device over some of the same bytes",
+        }[self.relation]
+        return f"{self.path} ({what})"
+
+
+@dataclass(frozen=True)
+class LoopUser:
+    """A loop device whose backing file lies on a device's mounted file system.
+
+    The kernel keeps that file open as long as the loop device is attached: the file
+    system cannot be unmounted, and (unless the loop device is read-only) it cannot
+    be remounted read-only either.
+    """
+
+    name: str
+    path: str
+    backing_file: str
+    read_only: bool
+
+
 @dataclass(frozen=True)
 class BlockDevice:
     """One block device, as seen when the tree was built."""
@@ -91,6 +148,10 @@ class BlockDevice:
     md_level: str | None = None
     probe_error: str | None = None
     """Why the device's bytes could not be read (signature and label then unknown)."""
+    overlaps: tuple[Overlap, ...] = ()
+    """The other devices that map some of this one's bytes."""
+    loop_users: tuple[LoopUser, ...] = ()
+    """The loop devices whose backing file lies on this device's mounted file system."""
 
     @property
     def fstype(self) -> str | None:
@@ -190,6 +251,14 @@ class BlockDevice:
             "dm_uuid": self.dm_uuid,
             "md_level": self.md_level,
             "probe_error": self.probe_error,
+            "overlaps": [
+                {"name": o.name, "path": o.path, "relation": o.relation.value}
+                for o in self.overlaps
+            ],
+            "loop_users": [
+                {"path": u.path, "backing_file": u.backing_file, "read_only": u.read_only}
+                for u in self.loop_users
+            ],
         }
 
 
@@ -366,6 +435,128 @@ def _scan_sysfs(root: str) -> list[_Raw]:
     return raws
 
 
+@dataclass(frozen=True)
+class _Span:
+    """Where a device's bytes lie: ``[start, end)`` of the disk or file ``base`` names."""
+
+    base: tuple[object, ...]
+    start: int
+    end: int
+
+
+MAX_LAYERS = 8
+"""How many loop-over-device layers :func:`_spans` follows down (a loop of itself ends there)."""
+
+
+def _spans(raws: Sequence[_Raw]) -> dict[str, _Span]:
+    """Return where each device's bytes lie, beneath every layer of partitions and loops.
+
+    A partition lies on its disk; a loop device on its backing file or, when that is a
+    block device, wherever that device's bytes lie. A regular file is named by device
+    and inode, so two paths to one file are one base.
+    """
+    by_name = {r.device.name: r for r in raws}
+    by_number = {(r.device.major, r.device.minor): r.device.name for r in raws}
+    spans: dict[str, _Span] = {}
+
+    def span(name: str, depth: int) -> _Span:
+        if name in spans:
+            return spans[name]
+        r = by_name[name]
+        d = r.device
+        base: tuple[object, ...] = ("device", name)
+        start = 0
+        if d.kind is DeviceKind.PARTITION and r.disk in by_name and depth < MAX_LAYERS:
+            under = span(r.disk, depth + 1)
+            base, start = under.base, under.start + r.start
+        elif d.loop is not None:
+            start = d.loop.offset
+            try:
+                st = os.stat(d.loop.backing_file)
+            except OSError:  # gone ("... (deleted)") or not ours to see: its path names it
+                base = ("file", d.loop.backing_file)
+            else:
+                lower = by_number.get((os.major(st.st_rdev), os.minor(st.st_rdev)))
+                if stat.S_ISBLK(st.st_mode) and lower not in (None, name) and depth < MAX_LAYERS:
+                    under = span(lower, depth + 1)
+                    base, start = under.base, under.start + d.loop.offset
+                else:
+                    base = ("file", st.st_dev, st.st_ino)
+        spans[name] = _Span(base, start, start + d.size)
+        return spans[name]
+
+    for name in by_name:
+        span(name, 0)
+    return spans
+
+
+def _relation(mine: _Span, other: _Span) -> Relation:
+    if (mine.start, mine.end) == (other.start, other.end):
+        return Relation.SAME
+    if mine.start <= other.start and other.end <= mine.end:
+        return Relation.CONTAINS
+    if other.start <= mine.start and mine.end <= other.end:
+        return Relation.INSIDE
+    return Relation.PARTIAL
+
+
+def _overlaps(found: Sequence[BlockDevice], spans: Mapping[str, _Span]) -> dict[str, list[Overlap]]:
+    """Return, for each device, the other devices that map some of its bytes."""
+    by_base: dict[tuple[object, ...], list[BlockDevice]] = {}
+    for d in found:
+        by_base.setdefault(spans[d.name].base, []).append(d)
+    out: dict[str, list[Overlap]] = {d.name: [] for d in found}
+    for group in by_base.values():
+        for d in group:
+            mine = spans[d.name]
+            for o in group:
+                theirs = spans[o.name]
+                if o.name != d.name and max(mine.start, theirs.start) < min(mine.end, theirs.end):
+                    out[d.name].append(
+                        Overlap(o.name, o.path, o.kind, o.major, o.minor, _relation(mine, theirs))
+                    )
+    return out
+
+
+def _loop_users(found: Sequence[BlockDevice], mounts: Sequence[Mount]) -> dict[str, list[LoopUser]]:
+    """Return, for each device, the loop devices whose backing file lies on its file system."""
+    by_number = {(d.major, d.minor): d.name for d in found}
+    by_node = {os.path.realpath(d.path): d.name for d in found}
+    out: dict[str, list[LoopUser]] = {d.name: [] for d in found}
+    for d in found:
+        if d.loop is None or not d.loop.backing_file.startswith("/"):
+            continue
+        host = mount_containing(os.path.realpath(d.loop.backing_file), mounts)
+        if host is None:
+            continue
+        owner = by_number.get((host.major, host.minor))
+        if owner is None and host.source.startswith("/dev/"):
+            owner = by_node.get(os.path.realpath(host.source))
+        if owner is not None and owner != d.name:
+            out[owner].append(LoopUser(d.name, d.path, d.loop.backing_file, d.read_only))
+    return out
+
+
+def mounts_of(major: int, minor: int, node: str, mounts: Sequence[Mount]) -> tuple[Mount, ...]:
+    """Return the mounts of the device ``major:minor`` (node ``node``) among ``mounts``.
+
+    Matches by device number or by source path: btrfs reports an anonymous device
+    number in mountinfo.
+    """
+    real = os.path.realpath(node)
+    return tuple(
+        m
+        for m in mounts
+        if (m.major, m.minor) == (major, minor)
+        or (m.source.startswith("/dev/") and os.path.realpath(m.source) == real)
+    )
+
+
+def writable(mounts: Sequence[Mount]) -> bool:
+    """True when a file system mounted so can change: a mount or its superblock is rw."""
+    return any(not m.read_only or "ro" not in m.super_options for m in mounts)
+
+
 def _device_node(name: str, major: int, minor: int) -> str:
     node = f"/dev/{name}"
     if os.path.exists(node):
@@ -436,6 +627,8 @@ def scan(
             elif d.loop.backing_file.startswith("/") and os.path.exists(d.loop.backing_file):
                 extents[d.name] = Extent(d.loop.backing_file, d.loop.offset, d.size)
         parents[d.name].extend(s for s in d.slaves if s in names)
+    overlaps = _overlaps(found, _spans(raws))
+    loop_users = _loop_users(found, mounts)
     children: dict[str, list[str]] = {d.name: [] for d in found}
     for name, ps in parents.items():
         for p in ps:
@@ -443,14 +636,8 @@ def scan(
 
     devices: dict[str, BlockDevice] = {}
     for d in found:
-        real = os.path.realpath(d.path)
         signature, label, error = _probe_bytes(d.path)
-        own_mounts = tuple(
-            m
-            for m in mounts
-            if (m.major, m.minor) == (d.major, d.minor)
-            or (m.source.startswith("/dev/") and os.path.realpath(m.source) == real)
-        )
+        own_mounts = mounts_of(d.major, d.minor, d.path, mounts)
         devices[d.name] = replace(
             d,
             signature=signature,
@@ -460,6 +647,8 @@ def scan(
             children=tuple(sorted(children[d.name], key=_natural_key)),
             extent=extents.get(d.name),
             probe_error=error,
+            overlaps=tuple(sorted(overlaps[d.name], key=lambda o: _natural_key(o.name))),
+            loop_users=tuple(sorted(loop_users[d.name], key=lambda u: _natural_key(u.name))),
         )
     roots = tuple(sorted((n for n, ps in parents.items() if not ps), key=_natural_key))
     return DeviceTree(devices=devices, roots=roots, mounts=mounts)

@@ -6,13 +6,14 @@ the console and the command line render the same list.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from core import findings as F
 from core.bytesource import FileSource
-from core.devices import BlockDevice, DeviceTree, scan
+from core.devices import BlockDevice, DeviceKind, DeviceTree, scan, writable
 from core.findings import Finding
 from core.labels import DiskLabel, extent_findings, read_label, volume_label_findings
 from core.mounts import (
@@ -25,6 +26,7 @@ from core.mounts import (
     read_fstab,
 )
 from core.targets import TargetCodeError, Volume, resolve
+from core.units import article
 
 MAX_NAMED = 3
 """How many processes or mounts a one-line message names before "and N more"."""
@@ -161,7 +163,8 @@ def _mount_findings(vol: Volume, tree: DeviceTree, fstab: Sequence[FstabEntry]) 
             # moment for an image, so blockvault files it under its device path and says so.
             F.warning(
                 "FS_NO_MOUNT_POINT",
-                f"{dev.path} holds a {dev.fstype} file system with no mount point (not mounted, "
+                f"{dev.path} holds {article(dev.fstype or 'a')} file system with no mount point "
+                "(not mounted, "
                 f"not in {fstab_path()}): its images are filed under {dev.path}; add it to "
                 f"{fstab_path()} to file them under a mount point that survives renumbering",
             )
@@ -208,13 +211,86 @@ def _mount_findings(vol: Volume, tree: DeviceTree, fstab: Sequence[FstabEntry]) 
         )
 
     if "/" in own_points:
+        instead = (
+            "use --imagetype snapshot or dynamic"
+            if dev.kind is DeviceKind.LVM
+            else "use --imagetype dynamic (a snapshot of a root file system needs LVM)"
+        )
         out.append(
             F.warning(
                 "ROOT_FILESYSTEM",
-                f"{dev.path} holds the root file system, which cannot go offline; use "
-                "--imagetype snapshot (or dynamic) rather than static",
+                f"{dev.path} holds the root file system, which cannot go offline: a static "
+                f"image is refused; {instead}",
             )
         )
+    return out
+
+
+def _shared_findings(dev: BlockDevice, tree: DeviceTree) -> list[Finding]:
+    """Return a finding for each device sharing ``dev``'s bytes that is mounted."""
+    out: list[Finding] = []
+    for o in dev.overlaps:
+        other = tree.get(o.name)
+        if other is None or not other.mounts:
+            continue
+        points = list(other.mount_points)
+        details = {"device": o.path, "relation": o.relation.value, "mount_points": points}
+        if writable(other.mounts):
+            out.append(
+                F.warning(
+                    "OVERLAP_MOUNTED",
+                    f"{o.describe()} is mounted read-write at {_listing(points)}, so bytes of "
+                    f"{dev.path} change while they are copied: a static image is refused, and "
+                    f"a snapshot or dynamic one is marked fuzzy; unmount {points[0]} first "
+                    "for a clean image",
+                    read_only=False,
+                    **details,
+                )
+            )
+        else:
+            out.append(
+                F.info(
+                    "OVERLAP_MOUNTED",
+                    f"{o.describe()} is mounted read-only at {_listing(points)}: those bytes "
+                    f"of {dev.path} stay as they are while they are copied",
+                    read_only=True,
+                    **details,
+                )
+            )
+    return out
+
+
+def _loop_user_findings(dev: BlockDevice) -> list[Finding]:
+    """Return what the loop devices attached to files on ``dev``'s file system do to it."""
+    out: list[Finding] = []
+    for read_only in (False, True):
+        users = [u for u in dev.loop_users if u.read_only is read_only]
+        if not users:
+            continue
+        named = _listing([f"{u.path} ({u.backing_file})" for u in users])
+        loops = [{"device": u.path, "backing_file": u.backing_file} for u in users]
+        if read_only:
+            out.append(
+                F.info(
+                    "LOOP_BACKING_FILE",
+                    f"{dev.path} holds the backing file of {named}, attached read-only: it "
+                    "cannot be unmounted until they are detached, but a static image is not "
+                    "held up",
+                    read_only=True,
+                    loops=loops,
+                )
+            )
+        else:
+            out.append(
+                F.warning(
+                    "LOOP_BACKING_FILE",
+                    f"{dev.path} holds the backing file of {named}, open for writing while "
+                    "attached: a static image cannot remount it read-only, nor can it be "
+                    f"unmounted; detach first ('losetup -d {users[0].path}')",
+                    read_only=False,
+                    loops=loops,
+                )
+            )
     return out
 
 
@@ -223,8 +299,8 @@ def _process_findings(uses: Sequence[ProcessUse], dev: BlockDevice) -> list[Find
     groups = {
         "write": (
             "PROCESS_WRITING",
-            "static (offline) backup cannot remount it read-only until they close; "
-            "stop them or use --imagetype snapshot",
+            "a static (offline) image cannot remount it read-only until they close the "
+            "files: stop them first",
         ),
         "cwd": ("PROCESS_CWD", "they keep the file system busy (it cannot be unmounted)"),
         "root": ("PROCESS_CWD", "they keep the file system busy (it cannot be unmounted)"),
@@ -298,9 +374,11 @@ def check_resolved(
                 "DEVICE_UNREADABLE",
                 f"cannot read {dev.path}: {dev.probe_error}; "
                 + (
-                    "this process may not open it (a container's device policy?)"
-                    if os.geteuid() == 0
-                    else "run blockvault as root"
+                    "run blockvault as root"
+                    if os.geteuid() != 0
+                    else "the device is failing at its start: check it (dmesg, smartctl)"
+                    if dev.probe_error == os.strerror(errno.EIO)
+                    else "this process may not open it (a container's device policy?)"
                 ),
             )
         )
@@ -337,6 +415,8 @@ def check_resolved(
                 f"{dev.path} is active swap; its image is meaningless, run swapoff or skip it",
             )
         )
+    out.extend(_shared_findings(dev, tree))
+    out.extend(_loop_user_findings(dev))
     uses = processes_using(dev.mount_points, [dev.path])
     out.extend(_process_findings(uses, dev))
     out.extend(_label_findings(dev, tree))

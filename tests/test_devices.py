@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from cliutil import blockvault
@@ -145,3 +146,76 @@ def test_scan_reads_only_a_few_kib_per_device(loopkit):
 def _sectors_read(name: str) -> int:
     with open(f"/sys/block/{name}/stat") as f:
         return int(f.read().split()[2])
+
+
+def relations(tree, path: str) -> dict[str, str]:
+    dev = tree.by_path(path)
+    assert dev is not None
+    return {o.path: o.relation.value for o in dev.overlaps}
+
+
+def test_devices_over_the_same_bytes_know_how_they_overlap(loopkit):
+    """Loop disks and slices over one file: by byte range, whatever path attached them."""
+    image = loopkit.image("64M")
+    alias = image.with_name(image.name + "-hardlink")
+    os.link(image, alias)  # another path to the same inode
+    disk = loopkit.attach(image)
+    twin = loopkit.attach(alias)  # the whole file again
+    first = loopkit.attach(image, offset=1 << 20, size_limit=8 << 20)  # [1, 9) MiB
+    second = loopkit.attach(alias, offset=16 << 20, size_limit=8 << 20)  # [16, 24) MiB
+    straddling = loopkit.attach(image, offset=4 << 20, size_limit=16 << 20)  # [4, 20) MiB
+    # A loop device over the disk's device node: [32, 64) MiB of the same file.
+    stacked = loopkit.attach(Path(disk), offset=32 << 20)
+    elsewhere = loopkit.attach(loopkit.image("64M"))
+    tree = scan()
+    assert relations(tree, disk) == {
+        twin: "same",
+        first: "contains",
+        second: "contains",
+        straddling: "contains",
+        stacked: "contains",
+    }
+    assert relations(tree, first) == {disk: "inside", twin: "inside", straddling: "partial"}
+    assert relations(tree, second) == {disk: "inside", twin: "inside", straddling: "partial"}
+    assert relations(tree, straddling) == {
+        disk: "inside",
+        twin: "inside",
+        first: "partial",
+        second: "partial",
+    }
+    assert relations(tree, stacked) == {disk: "inside", twin: "inside"}
+    assert relations(tree, elsewhere) == {}
+    node = tree.by_path(first)
+    assert node is not None
+    assert {o["path"]: o["relation"] for o in node.to_dict()["overlaps"]} == {
+        disk: "inside",
+        twin: "inside",
+        straddling: "partial",
+    }
+
+
+def test_loop_device_backed_by_a_file_on_a_mounted_volume_is_its_loop_user(loopkit):
+    host = loopkit.volume("64M", "ext4")
+    assert host.mount_point is not None
+    other = loopkit.volume("64M", "ext4")
+    backing = loopkit.image("16M", "unused")  # not on the host: no user of it
+    inner = host.mount_point / "inner.img"
+    with open(inner, "wb") as f:
+        f.truncate(16 << 20)
+    writer = loopkit.attach(inner)
+    reader = loopkit.attach(inner, read_only=True)
+    loopkit.attach(backing)
+    tree = scan()
+    dev = tree.by_path(host.device)
+    assert dev is not None
+    assert [(u.path, u.backing_file, u.read_only) for u in dev.loop_users] == [
+        (writer, str(inner), False),
+        (reader, str(inner), True),
+    ]
+    assert dev.to_dict()["loop_users"][0] == {
+        "path": writer,
+        "backing_file": str(inner),
+        "read_only": False,
+    }
+    other_dev = tree.by_path(other.device)
+    assert other_dev is not None and other_dev.loop_users == ()

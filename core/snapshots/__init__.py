@@ -15,9 +15,13 @@ every exit path. Undo steps, and the few instants between making a change and
 registering its undo, hold SIGINT, SIGTERM and SIGHUP and deliver them afterwards,
 so a Ctrl-C cannot leave a file system frozen or read-only.
 
+A refusal names what holds the volume and only the image types that would be
+accepted instead. A device that shares the volume's bytes (its disk, a partition or
+slice of it) mounted read-write refuses static and makes any other image fuzzy.
+
 This package is the public API (:func:`consistent_view`, :func:`default_imagetype`,
-:func:`snapshot_provider_for`, :func:`recover_interrupted` and the types and errors);
-each of its modules has one job:
+:func:`snapshot_provider_for`, :func:`static_obstacles`, :func:`recover_interrupted`
+and the types and errors); each of its modules has one job:
 
 - ``model``: ImageType, Provider, ReadView, the errors and the shared constants.
 - ``signals``: signals held while a change is made or undone; SIGTERM as an unwind.
@@ -34,6 +38,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
 from core import findings as F
+from core.devices import BlockDevice
 from core.snapshots.dynamic import dynamic_view
 from core.snapshots.lvm import lvm_view
 from core.snapshots.model import (
@@ -41,6 +46,7 @@ from core.snapshots.model import (
     SNAPSHOT_NAME_PREFIX,
     FreezeError,
     ImageType,
+    Obstacle,
     Provider,
     ReadView,
     SnapshotOverflow,
@@ -52,7 +58,7 @@ from core.snapshots.providers import snapshot_provider
 from core.snapshots.recovery import recover_interrupted
 from core.snapshots.reflink import reflink_view
 from core.snapshots.signals import terminate_unwinds
-from core.snapshots.static import static_view
+from core.snapshots.static import shared_in_use, static_obstacles, static_view
 from core.targets import Volume
 
 __all__ = [
@@ -60,6 +66,7 @@ __all__ = [
     "SNAPSHOT_NAME_PREFIX",
     "FreezeError",
     "ImageType",
+    "Obstacle",
     "Provider",
     "ReadView",
     "SnapshotOverflow",
@@ -70,6 +77,7 @@ __all__ = [
     "default_imagetype",
     "recover_interrupted",
     "snapshot_provider_for",
+    "static_obstacles",
 ]
 
 
@@ -143,7 +151,8 @@ def consistent_view(
             view = stack.enter_context(_snapshot_view(volume, snapshot_cache_pct, workdir))
         except SnapshotUnavailable as e:
             if not fallback_dynamic:
-                raise
+                # Never send the user to static when static would be refused too.
+                raise SnapshotUnavailable(e.device, e.reason, static_obstacles(volume)) from None
             why = e.reason
         except FreezeError as e:
             if not fallback_dynamic:
@@ -151,7 +160,7 @@ def consistent_view(
             why = e.message
         else:
             with stack:
-                yield view
+                yield _fuzzy_if_shared(view, dev)
             return
 
     # Outside the except clauses, so a failure in the caller's block is not chained to why.
@@ -162,6 +171,28 @@ def consistent_view(
         reason=why,
     )
     yield dynamic_view(dev, (fallback,))
+
+
+def _fuzzy_if_shared(view: ReadView, dev: BlockDevice) -> ReadView:
+    """Return ``view``, marked fuzzy when a device sharing its bytes is mounted read-write.
+
+    The snapshot froze only the volume's own file system: a partition or slice of it
+    (or the disk it lies on) went on changing while the snapshot was taken.
+    """
+    shared = shared_in_use(dev)
+    if not shared:
+        return view
+    named = [f"{o.describe()} mounted read-write at {', '.join(points)}" for o, points in shared]
+    return view.marked_fuzzy(
+        F.warning(
+            "IMAGE_FUZZY",
+            f"{dev.path} was copied from a snapshot while {'; '.join(named)} went on "
+            "changing unfrozen: the image may be inconsistent there; run fsck on it after "
+            "restoring, or unmount it and back up again for a clean image",
+            device=dev.path,
+            shared=[o.path for o, _ in shared],
+        )
+    )
 
 
 @contextmanager

@@ -8,7 +8,7 @@ with :func:`first_line`, so every message reads the same whichever view failed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from core.errors import BlockvaultError
@@ -72,6 +72,12 @@ class ReadView:
         """
         return self.findings + tuple(self._closing)
 
+    def marked_fuzzy(self, finding: Finding) -> ReadView:
+        """Return this view marked fuzzy, ``finding`` saying why; what closing adds still shows."""
+        view = replace(self, fuzzy=True, findings=(*self.findings, finding))
+        object.__setattr__(view, "_closing", self._closing)  # the view's undo appends here
+        return view
+
 
 def snapshot_read_view(
     path: str, offset: int, size: int, provider: Provider, taken: Finding
@@ -85,26 +91,73 @@ def first_line(text: str) -> str:
     return next((line.strip() for line in text.splitlines() if line.strip()), "no message")
 
 
-class StaticRefused(BlockvaultError):
-    """The file system cannot go read-only for a static image (writers, or it is "/")."""
+@dataclass(frozen=True)
+class Obstacle:
+    """One thing that keeps a volume from being copied offline (static), and what removes it."""
 
-    def __init__(self, message: str, processes: Sequence[ProcessUse] = ()) -> None:
+    what: str
+    """Who holds it, by name: ``pid 42 (python) has open for writing /srv/log``."""
+    remedy: str | None
+    """What removes it (``stop pid 42``); None when nothing can (the root file system)."""
+    processes: tuple[ProcessUse, ...] = ()
+    """The processes named, when they are the obstacle."""
+
+
+def all_of(steps: Sequence[str]) -> str:
+    """Return ``a``, ``a and b``, ``a, b and c``: steps that are all needed."""
+    return " and ".join(steps) if len(steps) < 3 else ", ".join(steps[:-1]) + " and " + steps[-1]
+
+
+def use_imagetype(alternatives: Sequence[ImageType]) -> str:
+    """Return ``use --imagetype snapshot or dynamic``: the one way the advice names types."""
+    return "use --imagetype " + " or ".join(t.value for t in alternatives)
+
+
+class StaticRefused(BlockvaultError):
+    """The file system cannot go read-only for a static image; the message names who holds it."""
+
+    def __init__(
+        self,
+        message: str,
+        processes: Sequence[ProcessUse] = (),
+        *,
+        obstacles: Sequence[Obstacle] = (),
+        alternatives: Sequence[ImageType] = (),
+    ) -> None:
         super().__init__(message)
-        self.processes = tuple(processes)
+        self.processes = tuple(processes) or tuple(p for o in obstacles for p in o.processes)
         """The processes holding files open for writing, when they are the reason."""
+        self.obstacles = tuple(obstacles)
+        self.alternatives = tuple(alternatives)
+        """The image types that would be accepted instead, as the message names them."""
 
 
 class SnapshotUnavailable(BlockvaultError):
-    """No snapshot provider applies to the volume, or the snapshot could not be taken."""
+    """No snapshot provider applies to the volume, or the snapshot could not be taken.
 
-    def __init__(self, device: str, reason: str) -> None:
-        super().__init__(
-            f"no snapshot of {device} is possible: {reason}; "
-            f"use --imagetype static or dynamic, {FALLBACK_HINT}"
-        )
+    With ``static_obstacles`` (what refuses a static image of the same volume) the
+    advice names only what would be accepted: dynamic, and how to make static possible.
+    """
+
+    def __init__(self, device: str, reason: str, static_obstacles: Sequence[Obstacle] = ()) -> None:
+        if static_obstacles:
+            alternatives: tuple[ImageType, ...] = (ImageType.DYNAMIC,)
+            remedies = [o.remedy for o in static_obstacles if o.remedy]
+            advice = (
+                f"a static image is refused too ({'; '.join(o.what for o in static_obstacles)}); "
+                f"{use_imagetype(alternatives)}, {FALLBACK_HINT}"
+                + (f" (for a static image, first {all_of(remedies)})" if remedies else "")
+            )
+        else:
+            alternatives = (ImageType.STATIC, ImageType.DYNAMIC)
+            advice = f"{use_imagetype(alternatives)}, {FALLBACK_HINT}"
+        super().__init__(f"no snapshot of {device} is possible: {reason}; {advice}")
         self.device = device
         self.reason = reason
         """Why, without the advice (for the fallback finding)."""
+        self.static_obstacles = tuple(static_obstacles)
+        self.alternatives = alternatives
+        """The image types that would be accepted instead, as the message names them."""
 
 
 class SnapshotOverflow(BlockvaultError):

@@ -1,8 +1,11 @@
 """The static view: the file system is remounted read-only for the copy, then put back.
 
-Refuses while a process holds a file of it open for writing (naming the processes)
-and for the root file system; leaves a file system that is read-only already as it
-is, and reads an unmounted or raw volume as it is.
+Refuses, naming every holder and what would work instead, while something keeps the
+volume from standing still: a process holding a file of it open for writing, a loop
+device attached to a file on it, a device that shares its bytes (its disk, a partition
+or slice of it) mounted read-write, or when it holds the root file system. Leaves a
+file system that is read-only already as it is, and reads an unmounted or raw volume
+as it is.
 """
 
 from __future__ import annotations
@@ -16,19 +19,23 @@ from contextlib import ExitStack, contextmanager
 
 from core import findings as F
 from core import undo
-from core.devices import BlockDevice
+from core.devices import BlockDevice, Overlap, mounts_of, scan, writable
 from core.findings import Finding
-from core.mounts import ProcessUse, mount_containing, processes_using, read_mounts
+from core.mounts import Mount, ProcessUse, is_under, mount_containing, processes_using, read_mounts
 from core.preflight import describe_processes
 from core.snapshots.live_mounts import mounts_now, unique_points
 from core.snapshots.model import (
     ImageType,
+    Obstacle,
     Provider,
     ReadView,
     StaticRefused,
     UndoError,
+    all_of,
     first_line,
+    use_imagetype,
 )
+from core.snapshots.providers import snapshot_provider
 from core.snapshots.signals import signals_deferred
 from core.snapshots.undoing import undone
 from core.targets import Volume
@@ -52,12 +59,91 @@ def _writers(dev: BlockDevice) -> tuple[ProcessUse, ...]:
     )
 
 
-def _refuse_writers(mount_point: str, uses: Sequence[ProcessUse]) -> StaticRefused:
+def shared_in_use(dev: BlockDevice) -> list[tuple[Overlap, list[str]]]:
+    """Return the devices sharing bytes with ``dev`` that are mounted read-write now, and where.
+
+    A disk whose partition is mounted (or a slice of a disk whose file system is)
+    changes under a copy however still its own file system is.
+    """
+    table = read_mounts()
+    out: list[tuple[Overlap, list[str]]] = []
+    for o in dev.overlaps:
+        mounts = mounts_of(o.major, o.minor, o.path, table)
+        if mounts and writable(mounts):
+            out.append((o, unique_points(mounts)))
+    return out
+
+
+def _obstacles(dev: BlockDevice, mounts: Sequence[Mount]) -> list[Obstacle]:
+    """Return everything that stops a static image of ``dev`` mounted as ``mounts``, now."""
+    out = [
+        Obstacle(
+            f"{o.describe()} is mounted read-write at {', '.join(points)}",
+            "unmount " + all_of(points),
+        )
+        for o, points in shared_in_use(dev)
+    ]
+    if not mounts or "ro" in mounts[0].super_options or all(m.read_only for m in mounts):
+        return out  # nothing of its own to remount
+    points = unique_points(mounts)
+    if "/" in points:
+        # Nothing can take "/" offline: naming every process that writes there is noise.
+        return [
+            Obstacle(f"{dev.path} holds the root file system, which cannot go offline", None),
+            *out,
+        ]
+    writers = _writers(dev)
+    if writers:
+        pids = list(dict.fromkeys(u.pid for u in writers))
+        out.insert(
+            0,
+            Obstacle(
+                describe_processes(writers),
+                ("stop pid " if len(pids) == 1 else "stop pids ") + ", ".join(map(str, pids)),
+                writers,
+            ),
+        )
+    for u in dev.loop_users:
+        if not u.read_only and any(is_under(u.backing_file, p) for p in points):
+            out.append(
+                Obstacle(
+                    f"loop device {u.path} holds its backing file {u.backing_file} "
+                    "open for writing",
+                    f"detach {u.path} ('losetup -d {u.path}')",
+                )
+            )
+    return out
+
+
+def static_obstacles(volume: Volume) -> list[Obstacle]:
+    """Return what stops a static image of ``volume`` now; empty when one would be taken."""
+    return _obstacles(volume.device, mounts_now(volume.device))
+
+
+def _alternatives(dev: BlockDevice) -> tuple[tuple[ImageType, ...], str]:
+    """Return the image types that would be accepted instead of static, and why not snapshot."""
+    provider, why = snapshot_provider(dev)
+    if provider is None:
+        return (ImageType.DYNAMIC,), why
+    return (ImageType.SNAPSHOT, ImageType.DYNAMIC), ""
+
+
+def _refused(dev: BlockDevice, why: str, obstacles: Sequence[Obstacle]) -> StaticRefused:
+    """Return the refusal: ``why``, then what would work (each remedy, or another type)."""
+    alternatives, no_snapshot = _alternatives(dev)
+    remedies = [o.remedy for o in obstacles if o.remedy]
+    advice = (all_of(remedies) + ", or " if remedies else "") + use_imagetype(alternatives)
+    if no_snapshot:
+        advice += f"; --imagetype snapshot is not possible: {no_snapshot}"
     return StaticRefused(
-        f"cannot remount {mount_point} read-only for a static image: "
-        f"{describe_processes(uses)}; stop them, or use --imagetype snapshot or dynamic",
-        uses,
+        f"a static image of {dev.path} is refused: {why}; {advice}",
+        obstacles=obstacles,
+        alternatives=alternatives,
     )
+
+
+def _refuse(dev: BlockDevice, obstacles: Sequence[Obstacle]) -> StaticRefused:
+    return _refused(dev, "; ".join(o.what for o in obstacles), obstacles)
 
 
 def remount(mount_point: str, mode: str) -> subprocess.CompletedProcess[str]:
@@ -100,13 +186,16 @@ def static_view(volume: Volume) -> Iterator[ReadView]:
     dev = volume.device
     view = ReadView(dev.path, 0, dev.size, ImageType.STATIC, False, Provider.REMOUNT_RO)
     mounts = mounts_now(dev)
+    obstacles = _obstacles(dev, mounts)
+    if obstacles:
+        raise _refuse(dev, obstacles)
     if not mounts:
         yield ReadView(dev.path, 0, dev.size, ImageType.STATIC, False, Provider.UNMOUNTED)
         return
 
     points = unique_points(mounts)
-    writable = [m for m in mounts if not m.read_only]
-    if "ro" in mounts[0].super_options or not writable:
+    writable_mounts = [m for m in mounts if not m.read_only]
+    if "ro" in mounts[0].super_options or not writable_mounts:
         # Already read-only (superblock, or every mount): nothing to change. A superblock
         # still rw behind read-only mounts may hold unwritten data: flush it first.
         if "ro" not in mounts[0].super_options:
@@ -128,18 +217,9 @@ def static_view(volume: Volume) -> Iterator[ReadView]:
         )
         return
 
-    if "/" in points:
-        raise StaticRefused(
-            f"{dev.path} holds the root file system, which cannot go offline; "
-            "use --imagetype snapshot or dynamic"
-        )
-    writers = _writers(dev)
-    if writers:
-        raise _refuse_writers(points[0], writers)
-
     named = volume.mount.mount_point if volume.mount else None
-    target = next((m.mount_point for m in writable if m.mount_point == named), None)
-    target = target or writable[0].mount_point
+    target = next((m.mount_point for m in writable_mounts if m.mount_point == named), None)
+    target = target or writable_mounts[0].mount_point
 
     with ExitStack() as stack:
         with signals_deferred():
@@ -148,24 +228,22 @@ def static_view(volume: Volume) -> Iterator[ReadView]:
             done = remount(target, "ro")
             if done.returncode != 0:
                 undo.forget(rec)
-                # Most often EBUSY: a file was opened for writing since the check.
-                writers = _writers(dev)
-                if writers:
-                    raise _refuse_writers(target, writers)
-                raise StaticRefused(
-                    f"cannot remount {target} read-only for a static image: "
-                    f"{first_line(done.stderr)}; use --imagetype snapshot or dynamic"
+                # Most often EBUSY: a file was opened for writing, or a loop device attached
+                # to a file on it, since the check. A fresh scan names the newcomers.
+                now = scan().by_number(dev.major, dev.minor) or dev
+                obstacles = _obstacles(now, mounts_now(now))
+                if obstacles:
+                    raise _refuse(dev, obstacles)
+                raise _refused(
+                    dev, f"cannot remount {target} read-only ({first_line(done.stderr)})", ()
                 )
             started = time.monotonic()
             stack.callback(
                 undone, rec, _restore_read_write, target, dev.path, started, view._closing
             )
-        now = next((m for m in mounts_now(dev) if m.mount_point == target), None)
-        if now is None or "ro" not in now.super_options:
-            raise StaticRefused(
-                f"{target} stayed writable after 'mount -o remount,ro'; "
-                "use --imagetype snapshot or dynamic"
-            )
+        after = next((m for m in mounts_now(dev) if m.mount_point == target), None)
+        if after is None or "ro" not in after.super_options:
+            raise _refused(dev, f"{target} stayed writable after 'mount -o remount,ro'", ())
         yield view
 
 
