@@ -20,7 +20,7 @@ from core import findings as F
 from core.bytesource import FileSource, SliceSource
 from core.devices import DeviceTree, scan
 from core.engine.reader import ChunkReader
-from core.errors import BlockvaultError
+from core.errors import BlockvaultError, DeviceReadError
 from core.findings import Finding, Severity
 from core.labels import read_label
 from core.preflight import check_resolved
@@ -191,6 +191,12 @@ def backup_image(
             meter = Meter("reading", total, progress, cancel, report=report)
             try:
                 _run_pipeline(view, repo, work, chunk_size, table, previous, report, meter, options)
+            except DeviceReadError as e:
+                raise DeviceReadError(
+                    f"{e.message}; the backup of {target} stopped and nothing of it was "
+                    "recorded — the device is failing there: check it (dmesg, smartctl) and "
+                    "copy what it still holds before anything else"
+                ) from None
             finally:
                 repo.store.release()
             report.chunks = len(table) // len(ZERO_ID)

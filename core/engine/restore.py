@@ -186,7 +186,8 @@ def restore_image(
             ) from None
         except _WriteError as e:
             raise RestoreWriteFailed(
-                f"cannot write {plan.confirm_name} at byte {e.offset}: {e.error.strerror}; "
+                f"cannot write {plan.confirm_name} between bytes {e.offset} and {e.end}: "
+                f"{e.error.strerror}; "
                 f"the restore stopped and {plan.confirm_name} is {span.words()} — check the "
                 "device (dmesg), then restore again"
             ) from None
@@ -332,11 +333,11 @@ def refuse_missing_chunks(repo: Repository, manifest: ImageManifest) -> None:
 
 
 class _WriteError(Exception):
-    """A write to the destination failed at ``offset`` (internal: becomes RestoreWriteFailed)."""
+    """A write of ``offset``–``end`` failed (internal: becomes RestoreWriteFailed)."""
 
-    def __init__(self, offset: int, error: OSError) -> None:
-        super().__init__(offset, error)
-        self.offset = offset
+    def __init__(self, offset: int, end: int, error: OSError) -> None:
+        super().__init__(offset, end, error)
+        self.offset, self.end = offset, end
         self.error = error
 
 
@@ -358,7 +359,7 @@ class _Span:
         try:
             put(data, offset)
         except OSError as e:
-            raise _WriteError(offset, e) from None
+            raise _WriteError(offset, offset + len(data), e) from None
         self.add(offset, offset + len(data))
 
     def words(self) -> str:
