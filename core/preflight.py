@@ -26,6 +26,7 @@ from core.mounts import (
     read_fstab,
 )
 from core.targets import TargetCodeError, Volume, resolve
+from core.unfinished import unfinished_on
 from core.units import article
 
 MAX_NAMED = 3
@@ -382,6 +383,14 @@ def check_resolved(
                 ),
             )
         )
+    out.extend(
+        F.warning(
+            "RESTORE_UNFINISHED",
+            f"a restore to {dev.path} did not finish ({mark.describe()}): it holds part of "
+            "that image, not a volume to rely on; restore it again before using it",
+        )
+        for mark in unfinished_on(dev)[-1:]
+    )
     if dev.read_only:
         out.append(
             F.info(

@@ -20,6 +20,8 @@ KIT_ROOT = Path("/tmp/blockvault-tests") / f"run-{os.getpid()}"
 os.environ["BLOCKVAULT_AGENT_SOCKET"] = str(KIT_ROOT / "no-agent-here.sock")
 # Undo records of killed test backups stay with this run, not with the machine's.
 os.environ["BLOCKVAULT_UNDO_DIR"] = str(KIT_ROOT / "undo")
+# So do the marks of restores that did not finish (core.unfinished).
+os.environ["BLOCKVAULT_STATE_DIR"] = str(KIT_ROOT / "state")
 """Every kit's files of this run live here, so a leak check can tell our devices from
 anyone else's — including another test run on the same machine."""
 

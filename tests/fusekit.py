@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -52,6 +54,46 @@ def failing_file(backing: Path, workdir: Path) -> Iterator[tuple[Path, Path]]:
             proc.kill()
             proc.wait()
         mnt.rmdir()
+
+
+FS_IOC_FIEMAP = 0xC020660B
+_FIEMAP_HEAD = struct.Struct("=QQIIII")
+_FIEMAP_EXTENT = struct.Struct("=QQQQQI12x")
+FIEMAP_FLAG_SYNC = 1
+FIEMAP_EXTENT_LAST = 1
+
+
+def physical_ranges(path: Path, count: int = 64) -> list[tuple[int, int]]:
+    """Return the byte ranges ``[start, end)`` of the device that hold ``path``'s data.
+
+    FIEMAP (``filefrag``'s ioctl), after flushing the file: where a test makes the disk
+    fail so that reading this one file fails.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buf = bytearray(_FIEMAP_HEAD.pack(0, 2**64 - 1, FIEMAP_FLAG_SYNC, 0, count, 0))
+        buf += bytes(_FIEMAP_EXTENT.size * count)
+        fcntl.ioctl(fd, FS_IOC_FIEMAP, buf)
+    finally:
+        os.close(fd)
+    mapped = _FIEMAP_HEAD.unpack_from(buf)[3]
+    out = []
+    for i in range(mapped):
+        _, physical, length, _, _, _ = _FIEMAP_EXTENT.unpack_from(
+            buf, _FIEMAP_HEAD.size + i * _FIEMAP_EXTENT.size
+        )
+        out.append((physical, physical + length))
+    return out
+
+
+def drop_cached(path: Path) -> None:
+    """Make the next read of ``path`` reach the device (its clean pages leave the cache)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
 
 
 def _serve(backing: str, mnt: str, control: str) -> None:

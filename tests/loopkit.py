@@ -177,6 +177,12 @@ class LoopKit:
             vol.files[rel] = hashlib.sha256(data).hexdigest()
         os.sync()
 
+    def detach(self, device: str) -> None:
+        """Detach a loop device this kit attached, before the end of the test."""
+        self._check_ours(device)
+        _detach(device)
+        self._undo.remove(next(u for u in self._undo if u[0] == f"detach {device}"))
+
     def _check_ours(self, device: str) -> None:
         if f"detach {device}" not in (w for w, _ in self._undo):
             raise ValueError(f"{device} was not attached by this kit; refusing to write to it")

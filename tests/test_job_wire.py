@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.errors import BlockvaultError
 from core.findings import blocker, warning
@@ -15,9 +18,11 @@ from core.jobs import (
     RestoreSpec,
     Sample,
     spec_from_dict,
+    spec_to_dict,
     view_from_dict,
     view_to_dict,
 )
+from core.jobs.wire import BadSpec
 from core.progress import Progress
 
 
@@ -98,3 +103,83 @@ def test_a_job_cut_off_by_a_dead_agent_comes_back_interrupted_saying_what_it_lef
 
     assert view.state is JobState.INTERRUPTED and view.return_code == 12
     assert view.error is not None and says in view.error and "\n" not in view.error
+
+
+# --- the decoder is the agent's door: anything from outside is a spec or a BadSpec -----------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+_GOOD = {
+    "backup": {"kind": "backup", "target": "/srv"},
+    "restore": {"kind": "restore", "image_id": "img-1", "dest": "/dev/loop3", "confirm": "x"},
+}
+_FIELD_NAMES = {
+    "backup": [f.name for f in fields(BackupSpec)],
+    "restore": [f.name for f in fields(RestoreSpec)],
+}
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from(["backup", "restore"]),
+    data=st.data(),
+)
+def test_any_json_in_any_field_gives_a_checked_spec_or_a_one_line_bad_spec(kind, data):
+    """Never a TypeError or a spec holding a value of the wrong type."""
+    name = data.draw(st.sampled_from([*_FIELD_NAMES[kind], "kind", "extra"]))
+    value = data.draw(_json)
+    doc = {**_GOOD[kind], name: value}
+    try:
+        spec = spec_from_dict(json.loads(json.dumps(doc)))
+    except BadSpec as e:
+        assert "\n" not in e.message and e.message.startswith("bad job spec: ")
+        assert len(e.message) < 400
+        return
+    # Accepted: the value is one a spec may hold, and it survives the trip unchanged.
+    assert spec_from_dict(json.loads(json.dumps(spec_to_dict(spec)))) == spec
+    for f in fields(spec):
+        held = getattr(spec, f.name)
+        if f.type in ("bool",):
+            assert isinstance(held, bool)
+        if f.name in ("target", "dest"):
+            assert isinstance(held, str) and held.startswith("/")
+        if f.name == "snapshot_cache_pct":
+            assert type(held) is int and 1 <= held <= 100
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        BackupSpec("/srv"),
+        BackupSpec(
+            "/dev/loop3",
+            mode="incremental",
+            imagetype="snapshot",
+            fallback_dynamic=True,
+            snapshot_cache_pct=100,
+            gap_size=0,
+            compare_content=True,
+        ),
+        BackupSpec("/dev/loop3", imagetype="static", snapshot_cache_pct=1, gap_size=1 << 32),
+        RestoreSpec(
+            "20260101T000000Z-abcdef",
+            "/dev/loop3",
+            "loop3",
+            expected=None,
+            increment_id="20260102T000000.123456Z",
+            deletefiles=True,
+            preserve_label=True,
+            verify=True,
+        ),
+        RestoreSpec(
+            "img-1", "/tmp/out.img", "/tmp/out.img", expected=("/tmp/out.img",), to_file=True
+        ),
+    ],
+)
+def test_every_valid_spec_survives_the_decoder(spec):
+    assert spec_from_dict(json.loads(json.dumps(spec_to_dict(spec)))) == spec

@@ -225,3 +225,30 @@ def test_a_restore_missing_a_chunk_is_refused_before_the_first_write(
     assert "nothing was written" in res.err and victim.name in res.err, res.err
     assert "image byte" in res.err and "internal error" not in res.err
     assert device_digest(dest) == before
+
+
+def test_an_incremental_restore_missing_an_increment_chunk_writes_nothing(loopkit, tmp_path):
+    """Which files the replay reads depends on the image; every chunk it lists must be there."""
+    repo = tmp_path / "repo"
+    vol = loopkit.volume("32M", "ext4")
+    loopkit.fill(vol, files=3)
+    backup(repo, vol.device)
+    (vol.mount_point / "today.bin").write_bytes(os.urandom(300_000))
+    inc = bv(repo, "backup", "image", str(vol.mount_point), "--mode", "incremental", "--no-agent")
+    assert inc.rc in (0, 8), inc.out + inc.err
+    manifest = Repository.open(str(repo), create=False).increment(inc.json()["increment_id"])
+    [entry] = [e for e in manifest.entries if e.path == "today.bin"]
+    object_path(repo, "chunks", entry.chunks[0].hex()).unlink()
+    dest = loopkit.attach(loopkit.image("32M"))
+    with open(dest, "r+b") as f:
+        f.write(b"\x5a" * 32 * MIB)
+    before = device_digest(dest)
+
+    res = bv(repo, "restore", "image", vol.device, dest, "--incremental", "--confirm", dest,
+             "--no-agent")  # fmt: skip
+
+    assert res.rc == 12, res.out + res.err
+    said = res.json()["error"] if res.out.strip() else res.err
+    assert inc.json()["increment_id"] in said and "today.bin" in said, said
+    assert "nothing was written" in said and "internal error" not in res.err
+    assert device_digest(dest) == before

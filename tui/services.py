@@ -8,11 +8,12 @@ where the snapshot tests put a recorded machine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from core.devices import DeviceTree, devices_signature, scan
 from core.engine.restore import RestorePlan, plan_restore
 from core.history import VolumeHistory, volume_history
+from core.increments.restore import recover_replay_mounts
 from core.jobs import JobQueue, Jobs
 from core.preflight import VolumeCheck, check_volume
 from core.repo.catalog import CatalogEntry, catalog
@@ -64,8 +65,14 @@ class CoreServices:
         )
 
     def plan_restore(self, entry: CatalogEntry, dest: str, *, preserve_label: bool) -> RestorePlan:
-        """Return the guards' findings for restoring ``entry`` onto ``dest``."""
-        return plan_restore(entry.manifest, dest, self._repo(), preserve_label=preserve_label)
+        """Return the guards' findings for restoring ``entry`` onto ``dest``.
+
+        A restore killed while replaying may have left ``dest`` mounted: that mount is
+        undone first (and said so among the findings), or the guards would find it.
+        """
+        recovered = recover_replay_mounts()
+        plan = plan_restore(entry.manifest, dest, self._repo(), preserve_label=preserve_label)
+        return replace(plan, findings=(*recovered, *plan.findings))
 
     def close(self) -> None:
         """Cancel the jobs still running and wait for them."""

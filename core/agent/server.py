@@ -16,6 +16,12 @@ Endpoints (JSON; an error is ``{"error": "one line", "return_code": 12}``):
 - ``GET /v1/events``: newline-delimited JSON, chunked: ``{"id", "view"}`` for every
   job, then ``{"synced": true}``, then one line per change; an empty line every
   second while nothing changes
+
+Everything a request brings is hostile until checked: a body needs a plain
+``Content-Length`` of at most :data:`MAX_BODY` (checked before a byte is read) and
+must arrive within :data:`BODY_TIMEOUT`; a spec is checked field by field
+(:func:`core.jobs.wire.spec_from_dict`). A malformed request of any kind gets a 4xx
+with the one-line error, never a 500.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from http import HTTPStatus
 from typing import Any
 
 from core.agent import DEFAULT_SOCKET
@@ -48,12 +55,17 @@ API_VERSION = 1
 HEARTBEAT = 1.0
 """Seconds between empty lines on a quiet event stream: a gone client is noticed, and
 a client sees a live agent."""
-MAX_BODY = 1 << 20
+MAX_BODY = 64 << 10
+"""The largest request body read: a job spec is a few hundred bytes."""
+BODY_TIMEOUT = 5.0
+"""Seconds a request's body may take to arrive once its head has (it is one small write)."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """SIGHUP too: an agent run in the foreground of an SSH session that drops must still
 undo its remounts and snapshots, which dying at once would skip."""
 
 _PEERCRED = struct.Struct("3i")
+_NO_BODY = object()
+"""What :meth:`_Handler._body` returns for a request without a body (``null`` is a body)."""
 
 
 class _HttpError(Exception):
@@ -61,6 +73,14 @@ class _HttpError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+_REFUSED_BY_HTTP: dict[int, int] = {
+    HTTPStatus.NOT_IMPLEMENTED: HTTPStatus.METHOD_NOT_ALLOWED,
+    HTTPStatus.HTTP_VERSION_NOT_SUPPORTED: HTTPStatus.BAD_REQUEST,
+}
+"""What the HTTP layer would answer 5xx to is the sender's fault: an unknown method (501)
+is 405 here, an HTTP version other than 1.x (505) is 400."""
 
 
 class _Changes:
@@ -161,11 +181,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Answer a request the HTTP layer refused (its syntax, its head's size) in one JSON line.
 
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
+        Also an unknown method: the layer's 501 becomes 405, as for a known method on
+        the wrong path. The connection is closed, since what follows cannot be trusted.
+        """
+        status = _REFUSED_BY_HTTP.get(code, code)
+        if code == HTTPStatus.NOT_IMPLEMENTED:
+            text = f"no {self.command} {self.path}; the agent answers GET and POST"
+        elif code == HTTPStatus.HTTP_VERSION_NOT_SUPPORTED:
+            text = "bad request: the agent speaks HTTP/1.1 only"
+        else:
+            text = f"bad request: {message or HTTPStatus(code).phrase}"
+        self.log_error("code %d, message %s", code, text)
+        self.close_connection = True
+        # A request line it could not read leaves the version at HTTP/0.9, which would
+        # send the body without a status line: answer as HTTP/1.1 does.
+        self.request_version = self.protocol_version
+        self._send_json(status, _error_doc(text))
 
     # --- routing ----------------------------------------------------------------------------
 
@@ -211,8 +245,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if route == ["jobs"] and method == "GET":
             return 200, {"jobs": [view_to_dict(v, samples=False) for v in queue.views()]}
         if route == ["jobs"] and method == "POST":
-            if not isinstance(body, dict):
-                raise _HttpError(400, "bad job spec: send a JSON object with 'kind'")
+            if body is _NO_BODY:
+                self.close_connection = True  # a body sent without a length stays unread
+                raise _HttpError(411, "send the job spec as the body, with its Content-Length")
             job_id = queue.submit(spec_from_dict(body))
             queue.flush()  # answered once stored: a crash after this cannot lose it
             return 201, {"id": job_id}
@@ -231,30 +266,57 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 new_id = queue.rerun(job_id)
                 queue.flush()
                 return 201, {"id": new_id}
-        raise _HttpError(404 if method in ("GET", "POST") else 405, f"no {method} {path}")
+        raise _HttpError(404, f"no {method} {path}")
 
     def _body(self) -> Any:
-        length = self.headers.get("Content-Length")
+        """Return the request's JSON body (:data:`_NO_BODY` without one), read with bounds.
+
+        The length is checked before a byte of the body is read: only plain ASCII digits
+        (``int`` would also take ``-5``, ``1_0`` or other scripts' digits), one value, at
+        most :data:`MAX_BODY`. The body must arrive within :data:`BODY_TIMEOUT`.
+        """
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
             raise _HttpError(411, "send the request body with a Content-Length")
-        if not length:
-            return None
+        lengths = {v.strip() for v in self.headers.get_all("Content-Length") or ()}
+        if not lengths - {""}:
+            return _NO_BODY
+        if len(lengths) > 1:
+            self.close_connection = True
+            raise _HttpError(400, f"bad Content-Length: {len(lengths)} different values")
+        (length,) = lengths
+        if not (length.isascii() and length.isdigit()):
+            self.close_connection = True
+            raise _HttpError(400, f"bad Content-Length {length[:40]!r}: send a number of bytes")
+        if len(length) > 18 or int(length) > MAX_BODY:
+            self.close_connection = True
+            raise _HttpError(
+                413,
+                f"Content-Length {length[:40]} is too large; a request body is at most "
+                f"{MAX_BODY} bytes",
+            )
+        size = int(length)
+        if size == 0:
+            return _NO_BODY
+        self.connection.settimeout(BODY_TIMEOUT)
         try:
-            size = int(length)
-        except ValueError:
+            raw = self.rfile.read(size)
+        except TimeoutError:
             self.close_connection = True
-            raise _HttpError(400, f"bad Content-Length {length!r}") from None
-        if size > MAX_BODY:
+            raise _HttpError(
+                408, f"the request body did not arrive within {BODY_TIMEOUT:g} s"
+            ) from None
+        finally:
+            self.connection.settimeout(self.timeout)
+        if len(raw) < size:
             self.close_connection = True
-            raise _HttpError(413, f"request body of {size} bytes; at most {MAX_BODY}")
-        raw = self.rfile.read(size)
-        if not raw:
-            return None
+            raise _HttpError(
+                400, f"the request body ended after {len(raw)} of {size} bytes (Content-Length)"
+            )
         try:
             return json.loads(raw)
-        except ValueError as e:
-            raise _HttpError(400, f"the request body is not JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
+            raise _HttpError(400, f"the request body is not JSON: {_first_words(e)}") from None
 
     def _send_json(self, status: int, doc: Any) -> None:
         data = json.dumps(doc, separators=(",", ":")).encode()
@@ -262,6 +324,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
@@ -311,8 +375,21 @@ def _event_line(job_id: str, view: Any) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
 
 
+def _first_words(error: BaseException) -> str:
+    """Return the start of ``error``'s message on one line (a parser may quote the input)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+MAX_ERROR = 300
+"""Characters of an error line: a message may quote what a sender sent (a long path)."""
+
+
 def _error_doc(message: str, rc: int = ReturnCode.FAILED) -> dict[str, Any]:
-    return {"error": message.splitlines()[0] if message else "error", "return_code": int(rc)}
+    line = message.splitlines()[0] if message else "error"
+    if len(line) > MAX_ERROR:
+        line = line[: MAX_ERROR - 3] + "..."
+    return {"error": line, "return_code": int(rc)}
 
 
 # --- serving ----------------------------------------------------------------------------------
@@ -363,10 +440,12 @@ def serve(
         undo.enter_context(_db_lock(db_path))
         store = SqliteJobStore(db_path)
         undo.callback(store.close)
-        # A backup killed with its agent may have left a volume read-only or frozen.
+        # A backup killed with its agent may have left a volume read-only or frozen, a
+        # restore its replay mount of the restored volume.
+        from core.increments.restore import recover_replay_mounts
         from core.snapshots import recover_interrupted
 
-        for finding in recover_interrupted():
+        for finding in [*recover_interrupted(), *recover_replay_mounts()]:
             log.warning("%s: %s", finding.code, finding.message)
         queue = JobQueue(repo_location, max_running=max_running, store=store)
         undo.callback(server.end_streams, 2.0)

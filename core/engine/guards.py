@@ -24,6 +24,7 @@ from core.mounts import ProcessUse, processes_using, read_active_swaps
 from core.preflight import container_label
 from core.repo.format import ZERO_ID, ImageManifest
 from core.targets import TargetCodeError, resolve
+from core.unfinished import RestoreMark, unfinished_on
 from core.units import article, human_size
 
 
@@ -100,6 +101,8 @@ class RestoreFacts:
     """The disk label read from the device's own first sectors, if any."""
     container_label: DiskLabel | None = None
     """The label of the disk the device lies on (None: not a slice, or no label)."""
+    unfinished: tuple[RestoreMark, ...] = ()
+    """Earlier restores to the device that began and did not finish."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,7 @@ def read_restore_facts(dest: str, repository: str, tree: DeviceTree) -> RestoreF
         root_device=_device_of_path("/", tree),
         own_label=_read_own_label(dev),
         container_label=container_label(dev, tree),
+        unfinished=tuple(unfinished_on(dev)),
     )
 
 
@@ -293,7 +297,14 @@ def judge_restore(
             "(it must be unmounted)"
         )
         return RestorePlan(facts.dest, None, False, (F.blocker("DEST_NOT_BLOCK_DEVICE", msg),))
-    out: list[Finding] = []
+    out: list[Finding] = [
+        F.warning(
+            "RESTORE_UNFINISHED",
+            f"a restore to {dev.path} did not finish ({mark.describe()}): it holds part of "
+            "that image, and this restore overwrites it",
+        )
+        for mark in facts.unfinished[-1:]
+    ]
     aliases, family = _family(dev, facts.real_path, tree)
     if aliases:
         out.append(

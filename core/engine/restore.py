@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from core import findings as F
+from core import unfinished
 from core.devices import DeviceTree, scan
 from core.engine.guards import (
     RestorePlan,
@@ -129,8 +130,14 @@ def restore_image(
     cancel: threading.Event | None = None,
     workers: int = 0,
     expected: tuple[object, ...] | None = None,
+    then_increment: str | None = None,
 ) -> RestoreReport:
     """Write ``manifest``'s image onto ``dest``; return the report.
+
+    Before the first write to a device a mark says a restore to it began
+    (:mod:`core.unfinished`); it goes once the image is on it (and read back, with
+    ``verify``). With ``then_increment`` the caller replays that increment next and
+    removes the mark itself (:func:`core.unfinished.finished_here`) when that is done.
 
     Raises:
         RestoreRefused: a blocker, or ``confirm`` does not name the destination exactly.
@@ -171,6 +178,16 @@ def restore_image(
             raise RestoreRefused(
                 f"{plan.confirm_name} is no longer the device that was checked; nothing was written"
             )
+        mark = None
+        if plan.device is not None:
+            try:
+                mark = unfinished.begin(plan.device, manifest.id, then_increment)
+            except OSError as e:
+                opened.close()
+                raise RestoreRefused(
+                    f"cannot leave the mark of this restore in {unfinished.marks_dir()} "
+                    f"({e.strerror}); nothing was written"
+                ) from None
         span = _Span()
         try:
             _write_chunks(opened, plan, manifest, repo, report, meter, workers, span)
@@ -202,6 +219,8 @@ def restore_image(
             meter.phase = "verifying"
             verify_dest(plan, manifest, repo, meter)
             report.verified = True
+        if mark is not None and then_increment is None:
+            unfinished.finished(mark)
         if manifest.fuzzy and not plan.to_file:
             report.findings.append(_fsck(plan.confirm_name, manifest))
         report.duration = meter.elapsed

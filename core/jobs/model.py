@@ -25,6 +25,11 @@ MAX_SAMPLES = 7200
 """Two hours at two samples a second; older samples are dropped first."""
 MAX_LOG = 500
 """Log lines a view keeps (the newest)."""
+BACKUP_MODES = ("full", "incremental")
+"""A backup's ``mode``: an image, or a file-level increment."""
+IMAGE_TYPES = ("static", "snapshot", "dynamic")
+"""A backup's ``imagetype``: the values of :class:`core.snapshots.ImageType` (a test keeps
+them equal), named here so that checking a spec does not import the snapshot providers."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,7 @@ class BackupSpec:
     def cut_off(self, started: bool) -> str:
         """Say what this job left when the process running it died, and what to do."""
         return (
-            "interrupted: the agent stopped while it ran; rerun it (what a backup stored "
-            "is reused)"
+            "interrupted: the agent stopped while it ran; rerun it (what a backup stored is reused)"
         )
 
 

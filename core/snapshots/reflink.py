@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import tempfile
+import secrets
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -37,6 +37,8 @@ FICLONE = 0x40049409
 FIFREEZE = 0xC0045877
 """ioctl on any fd of a file system: flush it and block every writer until FITHAW."""
 FITHAW = 0xC0045878
+_NEW_CLONE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+"""A new file of our own, never one that was there (as ``mkstemp`` opens it)."""
 
 
 def _ficlone(src_fd: int, dst_fd: int) -> None:
@@ -112,15 +114,20 @@ def reflink_view(volume: Volume, workdir: str | None) -> Iterator[ReadView]:
 
     with ExitStack() as stack:
         with signals_deferred(), ExitStack() as fds:
+            clone = os.path.join(
+                clone_dir,
+                f".{os.path.basename(backing)}.{SNAPSHOT_NAME_PREFIX}{secrets.token_hex(4)}",
+            )
+            # Recorded before the clone exists: killed at any instant after this, the
+            # next backup or agent start finds the record and deletes the clone.
+            rec = undo.record("unlink", clone, dev.path)
             try:
-                dst, clone = tempfile.mkstemp(
-                    prefix=f".{os.path.basename(backing)}.{SNAPSHOT_NAME_PREFIX}", dir=clone_dir
-                )
+                dst = os.open(clone, _NEW_CLONE_FLAGS, 0o600)
             except OSError as e:
+                undo.forget(rec)
                 raise SnapshotUnavailable(
                     dev.path, f"cannot create a clone in {clone_dir}: {e.strerror}"
                 ) from None
-            rec = undo.record("unlink", clone, dev.path)
             stack.callback(undone, rec, remove_clone, clone)
             fds.callback(os.close, dst)
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -70,7 +71,8 @@ def backup_spec(args: argparse.Namespace) -> BackupSpec:
     if args.compare_content and args.mode != "incremental":
         raise TargetError("--compare-content applies to --mode incremental")
     return BackupSpec(
-        target=args.target,
+        # The agent runs in /: a relative target would name something else there.
+        target=os.path.abspath(args.target),
         mode="incremental" if args.mode == "incremental" else "full",
         imagetype=args.imagetype,
         fallback_dynamic=args.snapshot_fallback == "dynamic",

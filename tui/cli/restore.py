@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -77,18 +78,21 @@ def _refuse(args: argparse.Namespace, point: RestorePoint, plan: RestorePlan, wh
 
 def cmd_restore_image(args: argparse.Namespace, out: Console) -> int:
     from core.engine.restore import plan_restore
+    from core.increments.restore import recover_replay_mounts
     from core.jobs import RestoreSpec
 
     repo = Repository.open(args.repo, create=False)
     point = _restore_point(repo, args)
     # An unreadable manifest may have been this volume's newest image or increment: say
     # so before the confirmation, so that an older state is never restored unawares.
-    damaged = damaged_findings(repo)
+    # A restore killed while replaying may have left DEST mounted: unmount it before the
+    # guards look, or they would refuse DEST as mounted.
+    damaged = [*recover_replay_mounts(), *damaged_findings(repo)]
     if args.json:
         for f in damaged:
             print(f"blockvault: warning: {f.message}", file=sys.stderr)
     m = point.image.manifest
-    dest = args.dest or m.volume.device
+    dest = os.path.abspath(args.dest) if args.dest else m.volume.device
     plan = plan_restore(m, dest, repo, to_file=args.imagetofile, preserve_label=args.preserve_label)
     inc = point.increment if args.incremental else None
     if not args.json:
