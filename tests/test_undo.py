@@ -61,3 +61,21 @@ def test_a_record_that_no_longer_applies_is_just_forgotten(loopkit):
     subprocess.run(["mount", "-o", "remount,rw", str(vol.mount_point)], check=True)
     assert recover_interrupted() == []
     assert not [r for r in undo.records() if r.target == str(vol.mount_point)]
+
+
+def test_a_record_of_a_kind_this_version_does_not_know_is_kept_and_reported():
+    """A newer blockvault's record is never forgotten unread: its change may still be there."""
+    pid = os.fork()
+    if pid == 0:  # a process of a newer version that records a change and dies
+        try:
+            undo.record("detach-nbd", "/dev/nbd7", "/dev/nbd7")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    [rec] = [r for r in undo.records() if r.kind == "detach-nbd"]
+    try:
+        [found] = [f for f in recover_interrupted() if f.details.get("target") == "/dev/nbd7"]
+        assert found.code == "UNDO_PENDING" and "'detach-nbd'" in found.message
+        assert [r.name for r in undo.records() if r.kind == "detach-nbd"] == [rec.name]
+    finally:
+        undo.forget(rec)

@@ -45,6 +45,7 @@ from core.snapshots.model import (
     FALLBACK_HINT,
     SNAPSHOT_NAME_PREFIX,
     FreezeError,
+    FreezeUnsupported,
     ImageType,
     Obstacle,
     Provider,
@@ -65,6 +66,7 @@ __all__ = [
     "FALLBACK_HINT",
     "SNAPSHOT_NAME_PREFIX",
     "FreezeError",
+    "FreezeUnsupported",
     "ImageType",
     "Obstacle",
     "Provider",
@@ -154,6 +156,10 @@ def consistent_view(
                 # Never send the user to static when static would be refused too.
                 raise SnapshotUnavailable(e.device, e.reason, static_obstacles(volume)) from None
             why = e.reason
+        except FreezeUnsupported as e:
+            if not fallback_dynamic:
+                raise SnapshotUnavailable(dev.path, e.message, static_obstacles(volume)) from None
+            why = e.message
         except FreezeError as e:
             if not fallback_dynamic:
                 raise

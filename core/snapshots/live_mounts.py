@@ -6,26 +6,15 @@ reflink freeze and the choice of provider all ask the mount table again.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
-from core.devices import BlockDevice
+from core.devices import BlockDevice, mounts_of
 from core.mounts import Mount, read_mounts
 
 
 def mounts_now(dev: BlockDevice) -> tuple[Mount, ...]:
-    """Return the mounts of ``dev`` now (the tree may be older than this job).
-
-    Matches by device number or by source path, as :func:`core.devices.scan` does:
-    btrfs reports an anonymous device number in mountinfo.
-    """
-    real = os.path.realpath(dev.path)
-    return tuple(
-        m
-        for m in read_mounts()
-        if (m.major, m.minor) == (dev.major, dev.minor)
-        or (m.source.startswith("/dev/") and os.path.realpath(m.source) == real)
-    )
+    """Return the mounts of ``dev`` now (the tree may be older than this job)."""
+    return mounts_of(dev.major, dev.minor, dev.path, read_mounts())
 
 
 def unique_points(mounts: Sequence[Mount]) -> list[str]:

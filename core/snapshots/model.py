@@ -168,5 +168,9 @@ class FreezeError(BlockvaultError):
     """A file system could not be frozen for a snapshot, or could not be thawed."""
 
 
+class FreezeUnsupported(FreezeError):
+    """The file system cannot be frozen at all: no snapshot of it is possible this way."""
+
+
 class UndoError(BlockvaultError):
     """A temporary state change could not be undone; the message gives the command to do it."""

@@ -26,7 +26,8 @@ def recover_interrupted() -> list[Finding]:
 
     A record whose process still runs belongs to a backup in progress and is left
     alone. A remount is put back only if the same device is still mounted there
-    read-only; a change that no longer applies is just forgotten.
+    read-only; a change that no longer applies is just forgotten, and a record of a
+    kind this version does not know is kept and reported.
     """
     found: list[Finding] = []
     for rec in undo.records():
@@ -81,4 +82,10 @@ def _recover(rec: undo.UndoRecord) -> str | None:
     if rec.kind == "lvremove":
         lvremove(rec.target)
         return f"removed {rec.target}, the LVM snapshot of a backup that was killed"
-    return None
+    # A kind this version does not know (a newer blockvault wrote it): never forgotten
+    # unread, since the change it records may still be in place.
+    raise UndoError(
+        f"an undo record of kind {rec.kind!r} for {rec.target} is not one this blockvault "
+        f"knows; it is kept in {undo.undo_dir(rec.book)} — undo that change by hand or with "
+        "the blockvault that made it, then delete the record"
+    )

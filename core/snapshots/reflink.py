@@ -22,6 +22,7 @@ from core.snapshots.live_mounts import mounts_now, unique_points
 from core.snapshots.model import (
     SNAPSHOT_NAME_PREFIX,
     FreezeError,
+    FreezeUnsupported,
     Provider,
     ReadView,
     SnapshotUnavailable,
@@ -66,9 +67,8 @@ def _frozen(mount_point: str) -> Iterator[None]:
                     f"wait for it or thaw it with 'fsfreeze -u {mount_point}'"
                 ) from None
             if e.errno in (errno.EOPNOTSUPP, errno.ENOTTY):
-                raise FreezeError(
-                    f"the file system at {mount_point} cannot be frozen; "
-                    "use --imagetype static or dynamic"
+                raise FreezeUnsupported(
+                    f"the file system at {mount_point} cannot be frozen"
                 ) from None
             raise FreezeError(f"cannot freeze {mount_point}: {e.strerror}") from None
         try:
