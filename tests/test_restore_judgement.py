@@ -303,9 +303,10 @@ def test_imagetofile_over_a_file_warns_and_over_a_device_node_blocks():
 def test_imagetofile_without_room_for_the_stored_data_is_a_blocker():
     """Three chunks of data need 12 MiB; zero chunks take no room in a sparse file."""
     plan = judge_file_restore(image(32 * MiB, chunks=3), file_facts("/x.img", parent_free=MiB))
-    assert [(f.code, f.message) for f in plan.findings] == [
-        ("DEST_NO_SPACE", f"/ has {MiB} bytes free but the image holds {12 * MiB} bytes of data")
-    ]
+    [found] = plan.findings
+    assert found.code == "DEST_NO_SPACE"
+    assert found.message.startswith("/ has 1.0 MiB free but the image holds 12.0 MiB of data")
+    assert (found.details["free"], found.details["needed"]) == (MiB, 12 * MiB)
 
 
 # --- nothing read -------------------------------------------------------------------------

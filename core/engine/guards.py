@@ -524,12 +524,17 @@ def judge_file_restore(manifest: ImageManifest, facts: FileRestoreFacts) -> Rest
     # Only a directory that exists has free space to measure; a blocker above says why not.
     free = facts.parent_free
     if free is not None and (not out or out[0].severity is not Severity.BLOCKER):
-        need = sum(manifest.chunk_size for _, d in manifest.chunks() if d != ZERO_ID)
-        if free < min(need, manifest.size):
+        need = min(
+            sum(manifest.chunk_size for _, d in manifest.chunks() if d != ZERO_ID), manifest.size
+        )
+        if free < need:
             out.append(
                 F.blocker(
                     "DEST_NO_SPACE",
-                    f"{parent} has {free} bytes free but the image holds {need} bytes of data",
+                    f"{parent} has {human_size(free)} free but the image holds "
+                    f"{human_size(need)} of data; free some space there or restore elsewhere",
+                    free=free,
+                    needed=need,
                 )
             )
     if manifest.fuzzy:
