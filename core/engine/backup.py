@@ -26,7 +26,7 @@ from core.labels import read_label
 from core.preflight import check_resolved
 from core.progress import Meter, ProgressFn
 from core.repo.catalog import catalog
-from core.repo.format import ZERO_ID, ImageManifest, chunk_digest, encode_chunk
+from core.repo.format import ZERO_ID, ImageManifest, encode_chunk
 from core.repo.repository import Repository, now_iso
 from core.report import JobReport
 from core.signatures import probe
@@ -198,7 +198,7 @@ def backup_image(
                     "copy what it still holds before anything else"
                 ) from None
             finally:
-                repo.store.release()
+                repo.local.release()
             report.chunks = len(table) // len(ZERO_ID)
             report.bytes_skipped = view.size - report.bytes_read
             meter.finish("committing")
@@ -300,7 +300,7 @@ def _store_chunk(
     lock: threading.Lock,
     report: BackupReport,
 ) -> bytes:
-    digest = chunk_digest(data)
+    digest = repo.digest(data)
     size = len(data)
     with lock:
         seen = digest in known or digest in in_flight

@@ -31,7 +31,7 @@ from core.engine.reader import ChunkReader
 from core.errors import BlockvaultError
 from core.findings import Finding, Severity
 from core.progress import Cancelled, Meter, ProgressFn
-from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_digest
+from core.repo.format import ZERO_ID, DamagedObject, ImageManifest
 from core.repo.repository import Repository
 from core.report import JobReport
 from core.workers import run_workers
@@ -455,7 +455,7 @@ def verify_dest(
             elif digest == ZERO_ID:
                 same = reader.is_zero(0, length)
             else:
-                same = chunk_digest(data) == digest
+                same = repo.digest(data) == digest
             if not same:
                 raise VerifyFailed(
                     f"verify: {plan.confirm_name} differs from image {manifest.id} in the "

@@ -53,7 +53,7 @@ from core.repo.filemanifest import (
     entries_sorted,
     gc_paused,
 )
-from core.repo.format import ZERO_ID, chunk_digest, encode_chunk
+from core.repo.format import ZERO_ID, encode_chunk
 from core.repo.repository import Repository, now_iso
 from core.report import JobReport
 from core.targets import Volume, resolve, volume_key, volume_record
@@ -233,7 +233,7 @@ class _Pipeline:
 
     def store(self, data: memoryview) -> bytes:
         """Return the digest of a non-zero piece, storing it unless the repository has it."""
-        digest = chunk_digest(data)
+        digest = self.repo.digest(data)
         size = len(data)
         with self.lock:
             seen = digest in self.known or digest in self.in_flight
@@ -609,7 +609,7 @@ def backup_increment(
             outcomes = pipeline.run(jobs, workers or 2 * (os.cpu_count() or 1)) if jobs else []
         finally:
             os.close(root_fd)
-            repo.store.release()
+            repo.local.release()
         meter.check_cancel()
         meter.finish("committing")
         with gc_paused():

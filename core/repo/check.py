@@ -12,10 +12,11 @@ from typing import TypeVar
 from core import findings as F
 from core.findings import Finding
 from core.progress import Meter, ProgressFn
+from core.repo.crypto import check_sealed
 from core.repo.filemanifest import FileManifest
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_key, decode_chunk
 from core.repo.repository import Repository
-from core.repo.store import ObjectMissing
+from core.repo.store import ObjectMissing, RepositoryError
 from core.report import JobReport
 from core.workers import run_workers
 
@@ -54,19 +55,80 @@ def _readable(
 def check_repository(
     repo: Repository,
     *,
+    read_data: bool = False,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> CheckReport:
     """Read every object, verify every hash and every manifest reference.
 
-    Holds the shared lock, so that no prune deletes objects under the check.
+    In an encrypted repository a chunk's checksum over its sealed bytes is verified
+    (no key needed); ``read_data`` opens each chunk and verifies its content against
+    its id too. Opened without its keys (``Repository.open(locked=True)``), every
+    object's checksum is verified, and what the manifests name is not (they are
+    sealed): a finding says so. Holds the shared lock, so that no prune deletes
+    objects under the check.
     """
     with repo.lock():
-        return _check(repo, progress, cancel)
+        if repo.encrypted and repo.keys is None:
+            if read_data:
+                raise RepositoryError(
+                    f"repo check --read-data opens every chunk: {repo.location} is encrypted, "
+                    "give its passphrase"
+                )
+            return _check_sealed(repo, progress, cancel)
+        return _check(repo, progress, cancel, read_data or not repo.encrypted)
+
+
+def _check_sealed(
+    repo: Repository, progress: ProgressFn | None, cancel: threading.Event | None
+) -> CheckReport:
+    """Verify the checksum of every object of an encrypted repository without its keys."""
+    report = CheckReport()
+    keys = [
+        f"{kind}/{name}"
+        for kind, names in (("images", repo.image_ids()), ("increments", repo.increment_ids()))
+        for name in names
+    ] + [chunk_key(d) for d in repo.chunk_digests()]
+    meter = Meter("checking", len(keys), progress, cancel)
+    lock = threading.Lock()
+
+    def verify(take: Iterator[str]) -> None:
+        for key in take:
+            try:
+                data = repo.local.get(key)
+                check_sealed(key, data)
+                with lock:
+                    report.bytes_checked += len(data)
+            except (DamagedObject, ObjectMissing) as e:
+                code = "CHUNK_DAMAGED" if key.startswith("chunks/") else "MANIFEST_DAMAGED"
+                with lock:
+                    report.findings.append(F.blocker(code, e.message, key=key))
+            meter.add(1)
+
+    run_workers(
+        keys, verify, threads=os.cpu_count() or 1, check_cancel=meter.check_cancel, name="bv-check"
+    )
+    report.images, report.increments = len(repo.image_ids()), len(repo.increment_ids())
+    report.chunks = len(keys) - report.images - report.increments
+    report.findings.append(
+        F.info(
+            "CHECKED_WITHOUT_KEY",
+            f"{repo.location} is encrypted and no passphrase was given: every object's "
+            "checksum was verified, not what the manifests refer to; give the passphrase "
+            "to check that too",
+        )
+    )
+    report.findings.extend(_strays_and_leftovers(repo))
+    meter.finish("done")
+    report.duration = meter.elapsed
+    return report
 
 
 def _check(
-    repo: Repository, progress: ProgressFn | None, cancel: threading.Event | None
+    repo: Repository,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+    read_data: bool,
 ) -> CheckReport:
     report = CheckReport()
     manifests = [m for _, m in _readable(report, "image", repo.image_ids(), repo.image)]
@@ -81,10 +143,13 @@ def _check(
         for digest in take:
             key = chunk_key(digest)
             try:
-                data = repo.store.get(key)
-                plain = decode_chunk(data, digest)
+                if read_data:
+                    plain = decode_chunk(repo.store.get(key), digest, name=repo.digest)
+                    size = len(plain)
+                else:  # sealed: the checksum of what is stored, not opened
+                    size = len(check_sealed(key, repo.local.get(key)))
                 with lock:
-                    report.bytes_checked += len(plain)
+                    report.bytes_checked += size
             except (DamagedObject, ObjectMissing) as e:
                 with lock:
                     damaged.add(digest)
@@ -149,27 +214,32 @@ def _check(
                         chunk=digest.hex(),
                     )
                 )
-    for where, why in repo.strays():
-        report.findings.append(
-            F.warning(
-                "STRAY_OBJECT",
-                f"{where} {why}; it is not read, listed or pruned — move it out of the "
-                "repository (or where it belongs)",
-                path=where,
-            )
+    report.findings.extend(_strays_and_leftovers(repo))
+    meter.finish("done")
+    report.duration = meter.elapsed
+    return report
+
+
+def _strays_and_leftovers(repo: Repository) -> list[Finding]:
+    out = [
+        F.warning(
+            "STRAY_OBJECT",
+            f"{where} {why}; it is not read, listed or pruned — move it out of the "
+            "repository (or where it belongs)",
+            path=where,
         )
-    leftovers = list(repo.store.temp_files())
+        for where, why in repo.strays()
+    ]
+    leftovers = list(repo.local.temp_files())
     if leftovers:
-        report.findings.append(
+        out.append(
             F.info(
                 "TEMP_FILES",
                 f"{len(leftovers)} unfinished writes of interrupted backups; "
                 "'blockvault repo prune' removes them",
             )
         )
-    meter.finish("done")
-    report.duration = meter.elapsed
-    return report
+    return out
 
 
 def _missing_references(
@@ -247,7 +317,7 @@ def prune_repository(repo: Repository) -> PruneReport:
                 report.bytes_freed += repo.store.size_of(key)
                 repo.store.delete(key)
                 report.chunks_deleted += 1
-        for path in list(repo.store.temp_files()):
+        for path in list(repo.local.temp_files()):
             report.bytes_freed += os.stat(path).st_size
             os.unlink(path)
             report.temp_files_removed += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
@@ -82,28 +82,36 @@ def encode_chunk(data: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
     return _HEADER_RAW, data
 
 
-def decode_chunk(stored: bytes, digest: bytes, *, max_size: int = 1 << 30) -> bytes:
+def decode_chunk(
+    stored: bytes,
+    digest: bytes,
+    *,
+    max_size: int = 1 << 30,
+    name: Callable[[bytes | memoryview], bytes] = chunk_digest,
+) -> bytes:
     """Return a chunk's plain bytes after checking them against ``digest``.
+
+    ``name`` computes a chunk's id from its content (keyed in an encrypted repository).
 
     Raises:
         DamagedObject: bad magic, unknown codec, undecodable payload or hash mismatch.
     """
-    name = digest.hex()
+    hexid = digest.hex()
     if stored[:4] != CHUNK_MAGIC or len(stored) < 5:
-        raise DamagedObject(f"chunk {name} is damaged: bad header")
+        raise DamagedObject(f"chunk {hexid} is damaged: bad header")
     codec = stored[4]
     payload = memoryview(stored)[5:]
     if codec == CODEC_ZSTD:
         try:
             plain = _decompressor().decompress(payload, max_output_size=max_size)
         except zstandard.ZstdError as e:
-            raise DamagedObject(f"chunk {name} is damaged: {e}") from None
+            raise DamagedObject(f"chunk {hexid} is damaged: {e}") from None
     elif codec == CODEC_RAW:
         plain = bytes(payload)
     else:
-        raise DamagedObject(f"chunk {name} is damaged: unknown codec {codec}")
-    if chunk_digest(plain) != digest:
-        raise DamagedObject(f"chunk {name} is damaged: its content does not match its hash")
+        raise DamagedObject(f"chunk {hexid} is damaged: unknown codec {codec}")
+    if name(plain) != digest:
+        raise DamagedObject(f"chunk {hexid} is damaged: its content does not match its hash")
     return plain
 
 

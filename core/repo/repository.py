@@ -15,10 +15,18 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from core.repo.crypto import (
+    PASSPHRASE_COMMAND_ENV,
+    PASSPHRASE_FILE_ENV,
+    Keys,
+    LockedRepository,
+    new_keys,
+    wrap,
+)
 from core.repo.filemanifest import (
     FileManifest,
     decode_file_manifest,
@@ -27,11 +35,13 @@ from core.repo.filemanifest import (
 from core.repo.format import (
     DamagedObject,
     ImageManifest,
+    chunk_digest,
     chunk_key,
     decode_chunk,
     decode_manifest,
     encode_manifest,
 )
+from core.repo.sealed import SealedStore, secret_given, unlock, unlocked
 from core.repo.store import LocalStore, ObjectMissing, RepositoryError
 
 T = TypeVar("T")
@@ -65,6 +75,19 @@ class RepoConfig:
     keep_versions: int
     """Images kept active per volume; older ones become inactive."""
     created: str
+    encryption: dict[str, Any] | None = None
+    """None: plain. Else ``cipher``, ``key_id`` and ``slots`` (:mod:`core.repo.crypto`)."""
+
+
+def _write_config(location: str, config: RepoConfig) -> None:
+    """Write ``config`` durably, whole or not at all (temporary file, fsync, rename)."""
+    tmp = os.path.join(location, f".{CONFIG_NAME}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(asdict(config), f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, os.path.join(location, CONFIG_NAME))
 
 
 def now_iso() -> str:
@@ -73,12 +96,22 @@ def now_iso() -> str:
 
 
 class Repository:
-    """Chunks and image manifests in one :class:`LocalStore`."""
+    """Chunks and image manifests in one :class:`LocalStore`, sealed when encrypted."""
 
-    def __init__(self, location: str, config: RepoConfig) -> None:
+    def __init__(self, location: str, config: RepoConfig, keys: Keys | None = None) -> None:
         self.location = location
         self.config = config
-        self.store = LocalStore(location)
+        self.keys = keys
+        """The unwrapped keys of an encrypted repository (None: plain, or locked)."""
+        self.local = LocalStore(location)
+        """The objects as stored (sealed, in an encrypted repository)."""
+        self.store: LocalStore | SealedStore = (
+            self.local if keys is None else SealedStore(self.local, keys)
+        )
+        self.digest: Callable[[bytes | memoryview], bytes] = (
+            chunk_digest if keys is None else keys.digest
+        )
+        """What names a chunk: BLAKE3 of its content, keyed with the id key when encrypted."""
         self._made_directory = False
         self.created = False
         """True when this very opening created the repository (see :meth:`discard_unused`)."""
@@ -96,8 +129,22 @@ class Repository:
         *,
         keep_versions: int = DEFAULT_KEEP_VERSIONS,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        encryption: str = "none",
+        passphrase: bytes | None = None,
     ) -> Repository:
-        """Create a repository at ``location`` (an empty or missing directory)."""
+        """Create a repository at ``location`` (an empty or missing directory).
+
+        With ``encryption`` (a cipher of :data:`core.repo.crypto.CIPHERS`) fresh keys
+        are made and wrapped by ``passphrase`` in the slot named "default".
+        """
+        keys = None
+        if encryption != "none":
+            keys = new_keys(encryption)
+            if not passphrase:
+                raise LockedRepository(
+                    "an encrypted repository needs a passphrase: type it at the prompt, or "
+                    f"give it with {PASSPHRASE_FILE_ENV} or {PASSPHRASE_COMMAND_ENV}"
+                )
         if keep_versions < 1:
             raise RepositoryError(f"--keep-versions must be at least 1, not {keep_versions}")
         if os.path.exists(os.path.join(location, CONFIG_NAME)):
@@ -111,29 +158,41 @@ class Repository:
             os.makedirs(location, mode=0o700, exist_ok=True)
         except OSError as e:
             raise RepositoryError(f"cannot create repository {location}: {e.strerror}") from None
+        repo_id = uuid.uuid4().hex
+        created = now_iso()
+        sealed = None
+        if keys is not None:
+            assert passphrase is not None
+            slot = wrap(keys, passphrase, "default", repo_id, created)
+            sealed = {"cipher": keys.cipher, "key_id": keys.key_id, "slots": [slot]}
         config = RepoConfig(
-            id=uuid.uuid4().hex,
+            id=repo_id,
             format=1,
             chunk_size=chunk_size,
             keep_versions=keep_versions,
-            created=now_iso(),
+            created=created,
+            encryption=sealed,
         )
-        tmp = os.path.join(location, f".{CONFIG_NAME}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(asdict(config), f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, os.path.join(location, CONFIG_NAME))
-        repo = cls(location, config)
+        _write_config(location, config)
+        if keys is not None:
+            unlocked[repo_id] = keys
+        repo = cls(location, config, keys)
         repo.created, repo._made_directory = True, made_directory
         return repo
 
     @classmethod
-    def open(cls, location: str | None = None, *, create: bool = True) -> Repository:
+    def open(
+        cls, location: str | None = None, *, create: bool = True, locked: bool = False
+    ) -> Repository:
         """Open the repository at ``location`` (default: :func:`default_location`).
 
         The embedded default is created on first use; a path the user named must
-        already be a repository unless ``create`` is true.
+        already be a repository unless ``create`` is true. An encrypted repository is
+        unlocked (:func:`unlock`) unless ``locked`` is asked for: then it opens without
+        its keys when nothing gives them, for what needs none (``repo check``).
+
+        Raises:
+            LockedRepository: encrypted, and no passphrase or key file opens it.
         """
         location = os.path.abspath(location or default_location())
         path = os.path.join(location, CONFIG_NAME)
@@ -152,7 +211,26 @@ class Repository:
             raise RepositoryError(f"{path} is unreadable or damaged: {e}") from None
         if config.format != 1:
             raise RepositoryError(f"{location} has repository format {config.format}; unsupported")
-        return cls(location, config)
+        if config.encryption is None:
+            return cls(location, config)
+        try:
+            return cls(location, config, unlock(location, config))
+        except LockedRepository:
+            if locked and not secret_given():
+                return cls(location, config)
+            raise
+
+    @property
+    def encrypted(self) -> bool:
+        """True when the repository's objects are sealed (:mod:`core.repo.crypto`)."""
+        return self.config.encryption is not None
+
+    def save_slots(self, slots: list[dict[str, Any]]) -> None:
+        """Replace the key slots (the wrapped copies of the keys); at least one stays."""
+        assert self.config.encryption is not None and slots
+        sealed = {**self.config.encryption, "slots": slots}
+        self.config = replace(self.config, encryption=sealed)
+        _write_config(self.location, self.config)
 
     def discard_unused(self) -> None:
         """Remove a repository this opening created when nothing was stored in it.
@@ -243,7 +321,7 @@ class Repository:
 
     def get_chunk(self, digest: bytes) -> bytes:
         """Return a chunk's plain bytes, verified against its digest."""
-        return decode_chunk(self.store.get(chunk_key(digest)), digest)
+        return decode_chunk(self.store.get(chunk_key(digest)), digest, name=self.digest)
 
     # --- manifests: images and increments ----------------------------------------------
     # Both kinds live under a folder of their own, named by id; a manifest is stored

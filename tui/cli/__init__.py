@@ -19,6 +19,7 @@ from core.errors import BlockvaultError, NeedsRootError
 from core.findings import ReturnCode
 from core.repo.repository import REPO_ENV, ROOT_DEFAULT
 from tui.cli import backup, delete, devices, jobs, query, repo, restore
+from tui.cli.keys import use_terminal_prompt
 
 if TYPE_CHECKING:  # rich is imported only for human output: --json runs start faster
     from rich.console import Console
@@ -119,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             use_agent=not args.no_agent and os.geteuid() == 0,
         )
     out = _console(args)
+    use_terminal_prompt()
     try:
         if getattr(args, "needs_root", False):
             _require_root(" ".join(a for a in (args.command, getattr(args, "what", None)) if a))

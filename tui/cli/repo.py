@@ -6,7 +6,9 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from core.errors import BlockvaultError
 from core.repo.repository import Repository, default_location
+from tui.cli.keys import cmd_repo_key, init_passphrase, init_result
 from tui.cli.output import escape, help_page, print_findings, print_json
 from tui.format import human_size
 
@@ -18,23 +20,35 @@ def cmd_repo(args: argparse.Namespace, out: Console) -> int:
     from core.repo.check import check_repository, prune_repository
 
     if args.action == "init":
-        repo = Repository.init(args.repo or default_location(), keep_versions=args.keep_versions)
-        result: dict[str, Any] = {
-            "location": repo.location,
-            "id": repo.config.id,
-            "keep_versions": repo.config.keep_versions,
-        }
+        repo = Repository.init(
+            args.repo or default_location(),
+            keep_versions=args.keep_versions,
+            encryption=args.encryption,
+            passphrase=init_passphrase(args.encryption),
+        )
+        result = init_result(repo)
         if args.json:
             print(json.dumps(result))
         else:
             out.print(
                 f"initialised repository {escape(repo.location)} "
-                f"(keeps {repo.config.keep_versions} versions per volume)"
+                f"(keeps {repo.config.keep_versions} versions per volume; "
+                + (
+                    f"encrypted with {result['encryption']}: keep the passphrase, and a copy of "
+                    "the keys offline ('blockvault repo key export'))"
+                    if repo.encrypted
+                    else "not encrypted)"
+                )
             )
         return 0
-    repo = Repository.open(args.repo, create=False)
+    if args.action != "check" and args.read_data:
+        raise BlockvaultError("--read-data applies to repo check")
+    # check needs no keys: without a passphrase it verifies every object's checksum.
+    repo = Repository.open(args.repo, create=False, locked=args.action == "check")
+    if args.action == "key":
+        return cmd_repo_key(args, repo, out)
     if args.action == "check":
-        report = check_repository(repo)
+        report = check_repository(repo, read_data=args.read_data)
         if args.json:
             print_json(report.to_dict())
         else:
@@ -66,15 +80,41 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="init, check or prune the repository",
         **help_page(
-            "init: make a repository (--keep-versions N active images per volume). check: "
-            "read every object and verify every hash and reference (rc 12 on damage). prune: "
-            "delete chunks no image or increment needs, and leftovers of interrupted writes.",
+            "init: make a repository (--keep-versions N active images per volume; "
+            "--encryption seals every object on this host, under keys a passphrase wraps). "
+            "check: read every object and verify every hash and reference (rc 12 on damage). "
+            "prune: delete chunks no image or increment needs, and leftovers of interrupted "
+            "writes. key: list, add, remove or passwd the passphrase-wrapped copies of an "
+            "encrypted repository's keys; export prints a key file to keep offline.",
             "blockvault repo init --repo /backup/repo --keep-versions 5",
+            "blockvault repo init --repo /backup/vault --encryption aes-256-gcm",
             "blockvault repo check",
+            "blockvault repo check --read-data",
             "blockvault repo prune",
+            "blockvault repo key add laptop",
+            "blockvault repo key export > /root/vault.key",
         ),
     )
-    p.add_argument("action", choices=["init", "check", "prune"])
+    p.add_argument("action", choices=["init", "check", "prune", "key"])
+    p.add_argument(
+        "key_action",
+        nargs="?",
+        choices=["list", "add", "remove", "passwd", "export"],
+        help="key: what to do with the key copies (default list)",
+    )
+    p.add_argument("slot", nargs="?", metavar="NAME", help="key: the key copy's name")
+    p.add_argument(
+        "--encryption",
+        choices=["aes-256-gcm", "chacha20-poly1305", "none"],
+        default="none",
+        help="init: seal every object with this cipher (default none); the passphrase is "
+        "typed or read from $BLOCKVAULT_PASSPHRASE_FILE / _COMMAND, never an argument",
+    )
+    p.add_argument(
+        "--read-data",
+        action="store_true",
+        help="check, encrypted repository: open every chunk and verify its content too",
+    )
     p.add_argument(
         "--keep-versions",
         type=int,
