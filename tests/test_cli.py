@@ -129,7 +129,7 @@ def test_query_image_of_a_path_that_does_not_exist_is_refused(tmp_path):
 def test_each_command_s_help_says_what_it_does_with_examples(command):
     res = blockvault(*command, "--help")
     assert res.rc == 0, res.err
-    usage, _, rest = res.out.partition("\n\n")
+    _usage, _, rest = res.out.partition("\n\n")
     description = rest.split("\n\n", 1)[0]
     assert len(description.split()) >= 15, res.out  # a description, not the options list
     examples = res.out.split("examples:\n", 1)[1].splitlines()
