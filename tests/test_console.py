@@ -18,8 +18,9 @@ import pytest
 from imagekit import device_digest, fsck_clean, populate, tree_digest
 from rich.console import Console
 from test_agent import agents  # noqa: F401  (the fixture)
+from textual import events
 from textual.pilot import Pilot
-from textual.widgets import Button, OptionList, Static
+from textual.widgets import Button, Input, OptionList, Static
 
 from core.jobs import JobState
 from core.repo.repository import Repository
@@ -61,6 +62,27 @@ async def settle(app: BlockvaultApp, pilot: Pilot) -> None:
 async def type_text(pilot: Pilot, text: str) -> None:
     for ch in text:
         await pilot.press(ch)
+
+
+KEY_CHARACTERS = {"enter": "\r", "escape": "\x1b", "slash": "/"}
+
+
+def burst(app: BlockvaultApp, keys: list[str]) -> None:
+    """Send ``keys`` as one read from the terminal delivers them: all queued before any is handled.
+
+    ``pilot.press`` waits for each key to be handled before it sends the next, so a
+    focus change always lands in between; keys typed ahead over a slow link (or a
+    paste) arrive together, and must still reach the widget they were meant for.
+    Keys are letters, digits, ``/`` or the names ``enter`` and ``escape``.
+    """
+    driver = app._driver
+    assert driver is not None
+    for key in keys:
+        name = "slash" if key == "/" else key
+        assert (len(name) == 1 and name.isalnum()) or name in KEY_CHARACTERS, key
+        event = events.Key(name, KEY_CHARACTERS.get(name, name))
+        event.set_sender(app)
+        driver.send_message(event)
 
 
 async def pick_device(app: BlockvaultApp, pilot: Pilot, device: str) -> None:
@@ -254,7 +276,7 @@ def test_quit_with_a_running_job_asks_and_stay_keeps_it(loopkit, tmp_path):
         await pilot.press("q")  # quit?
         await settle(app, pilot)
         assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("n")  # stay
+        await pilot.press("escape")  # stay
         await settle(app, pilot)
         assert not isinstance(app.screen, ConfirmScreen)
         assert app.jobs.active()
@@ -280,7 +302,7 @@ def test_help_and_read_only(loopkit, tmp_path):
 
 
 def test_cancel_asks_then_cancels_the_highlighted_job(loopkit, tmp_path):
-    """c on a job asks first; y cancels it, and no image is written."""
+    """c on a job asks first; the Cancel button cancels it, and no image is written."""
     vol = loopkit.volume("64M", "ext4")
     repo = str(tmp_path / "repo")
 
@@ -295,7 +317,8 @@ def test_cancel_asks_then_cancels_the_highlighted_job(loopkit, tmp_path):
         await pilot.press("c")  # cancel the highlighted job?
         await settle(app, pilot)
         assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("y")  # yes
+        await pilot.press("tab")  # from "Keep it running" (focus starts there) to "Cancel the job"
+        await pilot.press("enter")  # press it
         await settle(app, pilot)
         assert app.jobs.view(job_id).state is JobState.CANCELLED
         await pilot.pause(0.3)  # one paint tick
@@ -325,8 +348,8 @@ def test_t_switches_theme_through_the_blockvault_themes(tmp_path):
     drive(repo, script)
 
 
-def test_typing_on_the_tree_filters_and_new_devices_appear(loopkit, tmp_path):
-    """Letters typed on the tree filter it; a loop device attached later shows up unasked."""
+def test_filter_finds_a_device_attached_after_the_console_opened(loopkit, tmp_path):
+    """A loop device attached later shows up unasked, and / and its name highlight it."""
     repo = str(tmp_path / "repo")
     services = CoreServices(repo)
     app = BlockvaultApp(services=services, theme="blockvault-dark")  # watching devices
@@ -342,7 +365,8 @@ def test_typing_on_the_tree_filters_and_new_devices_appear(loopkit, tmp_path):
                 await pilot.pause(0.2)
             await settle(app, pilot)
             assert tree.data_tree.by_path(dev) is not None
-            await type_text(pilot, os.path.basename(dev))  # typed straight on the tree
+            await pilot.press("slash")  # open the filter
+            await type_text(pilot, os.path.basename(dev))
             await pilot.press("enter")  # back to the tree
             await settle(app, pilot)
             assert app.query_one("#filter").value == os.path.basename(dev)
@@ -397,3 +421,82 @@ def test_console_reattached_to_an_agent_shows_its_running_job_with_the_whole_gra
             services.close()  # disconnects only: the agent's job goes on
         assert submitter.view(job_id).state is JobState.RUNNING
     assert submitter.wait(job_id, timeout=60).state is JobState.DONE
+
+
+# --- keys: commands are never text, text is never a command (issue 11, item 15) -------------
+
+
+def test_letters_typed_on_the_tree_never_filter_it(loopkit, tmp_path):
+    """Only / opens the filter: letters on the tree are commands or nothing, never filter text."""
+    vol = loopkit.volume("16M", "ext4")
+    name = os.path.basename(vol.device)
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        tree = app.query_one("#devices")
+        box = app.query_one("#filter", Input)
+        lines = tree.last_line
+        await type_text(pilot, "lop")  # letters no key is bound to, typed on the tree
+        await settle(app, pilot)
+        assert not box.display and box.value == ""
+        assert tree.filter_text == "" and tree.last_line == lines
+        assert app.screen is app.screen_stack[0] and app.jobs.views() == []
+        # "/" and the name in one read (a paste, one SSH packet), then Enter: the whole name.
+        burst(app, ["/", *name, "enter"])
+        await settle(app, pilot)
+        assert box.value == name and tree.filter_text == name
+        assert app.focused is tree
+        # Esc in the filter box leaves the filter: the box closes and the tree is whole again.
+        burst(app, ["/", "x", "escape"])
+        await settle(app, pilot)
+        assert not box.display and tree.filter_text == "" and app.focused is tree
+
+    drive(repo, script)
+
+
+def test_a_name_typed_ahead_into_the_confirmation_arrives_whole(loopkit, tmp_path):
+    """Enter on the findings, the target's name and Enter in one burst: the restore is queued."""
+    vol = loopkit.volume("64M", "ext4")
+    populate(vol.mount_point)
+    expected = tree_digest(vol.mount_point)
+    dest = loopkit.attach(loopkit.image("64M"))
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        await backup_by_keys(app, pilot, vol.device)
+        await wizard_to_findings(app, pilot, vol.device, dest)
+        burst(app, ["enter", *dest, "enter"])  # typed before the confirmation step showed
+        await settle(app, pilot)
+        assert not isinstance(app.screen, RestoreWizard)
+        job = app.jobs.views()[-1]
+        assert job.spec.dest == dest and job.spec.confirm == dest
+        wait_job(app, job.id)
+
+    drive(repo, script)
+    mp = loopkit.mount(dest, None, "ro")
+    assert tree_digest(mp) == expected
+
+
+def test_no_letter_confirms_cancelling_a_job(loopkit, tmp_path):
+    """c then y (as in a word typed by mistake) keeps the job; only the Yes button cancels."""
+    vol = loopkit.volume("16M", "ext4")
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        await pick_device(app, pilot, vol.device)
+        app.jobs.max_running = 0  # the job stays queued: it can only be cancelled, not finish
+        await pilot.press("b")  # backup dialog
+        await settle(app, pilot)
+        await pilot.press("enter")  # queue
+        await settle(app, pilot)
+        job_id = app.jobs.views()[-1].id
+        for key in "cyes":  # "c" asks; none of the letters after it answers
+            await pilot.press(key)
+        await settle(app, pilot)
+        assert isinstance(app.screen, ConfirmScreen)
+        assert app.jobs.view(job_id).state is JobState.QUEUED
+        await pilot.press("escape")  # no
+        await settle(app, pilot)
+        assert app.jobs.view(job_id).state is JobState.QUEUED
+
+    drive(repo, script)

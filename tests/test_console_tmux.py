@@ -271,3 +271,19 @@ def test_details_follow_the_filter(loopkit, console, tmp_path):
     pane.wait_for(f"{name!r} in the filter box", lambda s: filter_text(s) == name)
     pane.keys("Enter")
     pane.wait_for(f"the details of {target}", lambda s: shown_device(s) == target, 3)
+
+
+def test_letters_typed_on_the_tree_never_become_filter_text(loopkit, console, tmp_path):
+    """Letters typed without '/' leave the filter shut and the tree whole; '/' opens it."""
+    vol = loopkit.volume("64M", "ext4")
+    name = Path(vol.device).name
+    pane = console(str(tmp_path / "repo"))
+    pane.wait_for("console with its footer", started)
+    pane.keys("lop", literal=True)  # letters no key is bound to, straight on the tree
+    pane.keys("?")  # then the help: once it shows, the letters before it were handled
+    pane.wait_text("image backups of this machine's volumes")
+    pane.keys("Escape")
+    screen = pane.wait_for("help closed", lambda s: "image backups of this machine" not in s)
+    assert filter_text(screen) is None and "filter devices" not in screen, screen
+    pane.keys(f"/{name}", literal=True)
+    pane.wait_for(f"{name!r} in the filter box", lambda s: filter_text(s) == name, 3)

@@ -56,7 +56,10 @@ class BlockvaultApp(App[int]):
         Binding("R", "restore", "Restore", id="volume.restore"),
         Binding("c", "cancel_job", "Cancel", id="job.cancel"),
         Binding("q", "quit", "Quit", id="app.quit"),
-        Binding("slash", "filter", "Filter", id="devices.filter"),
+        # Priority: handled as the key arrives, so the keys typed right after "/" (one SSH
+        # packet, a paste) already go to the filter box; bubbled up from the tree, they
+        # would be handed to the tree first, where a letter or a digit is a command.
+        Binding("slash", "filter", "Filter", priority=True, id="devices.filter"),
         Binding("r,f5", "refresh", "Rescan", show=False, id="devices.refresh"),
         Binding("1", "show_tab('tab-volume')", "Details", show=False, id="view.details"),
         Binding("2", "show_tab('tab-job')", "Job", show=False, id="view.job"),
@@ -230,23 +233,15 @@ class BlockvaultApp(App[int]):
         self.push_screen(ActionsScreen(dev.path, read_only=self.read_only), chosen)
 
     def action_filter(self) -> None:
-        """Show the filter box above the device tree, empty, with the cursor in it."""
+        """Show the filter box above the device tree, empty, with the cursor in it.
+
+        The focus moves at once (``set_focus``, not ``focus()``, which waits for the next
+        refresh): each key queued behind ``/`` must reach the box, none the tree.
+        """
         box = self.query_one("#filter", Input)
         box.value = ""
         box.display = True
-        box.focus()
-
-    @on(DeviceTreeView.FilterTyped)
-    def filter_typed(self, message: DeviceTreeView.FilterTyped) -> None:
-        box = self.query_one("#filter", Input)
-        # Keys that arrive together (a paste, one SSH packet) reach the tree before the
-        # focus has moved to the box: each is added, none replaces the ones before.
-        if box.display:
-            box.value += message.text
-        else:
-            self.action_filter()
-            box.value = message.text
-        box.cursor_position = len(box.value)
+        self.screen.set_focus(box)
 
     @on(Input.Changed, "#filter")
     def filter_changed(self, event: Input.Changed) -> None:
@@ -263,11 +258,14 @@ class BlockvaultApp(App[int]):
         self.screen.set_focus(self.query_one("#devices", DeviceTreeView))
 
     def key_escape(self) -> None:
+        """Esc on the main screen leaves the filter: the box closes, the tree is whole again."""
+        if self.screen is not self.screen_stack[0]:
+            return
         box = self.query_one("#filter", Input)
         if box.display:
             box.value = ""
             box.display = False
-            self.query_one("#devices", DeviceTreeView).focus()
+            self.screen.set_focus(self.query_one("#devices", DeviceTreeView))
 
     # --- backup and restore -----------------------------------------------------------------
 
@@ -295,6 +293,10 @@ class BlockvaultApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "filter_done":  # Enter belongs to the filter box only while it has focus
             return self.focused is not None and self.focused.id == "filter"
+        if action == "filter":
+            # "/" is text in every input (the filter box, a dialog's device name): it opens
+            # the filter only on the main screen, from a pane that takes no text.
+            return self.screen is self.screen_stack[0] and not isinstance(self.focused, Input)
         # A read-only console shows no restore key at all (as k9s --readonly does).
         return not (action == "restore" and self.read_only)
 

@@ -73,6 +73,10 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     BINDINGS = [
         Binding("escape", "back", "Back", id="restore.back"),
         Binding("enter", "next_step", "Next", id="restore.next"),
+        # Priority: on the findings, Enter is handled as it arrives and the focus is in the
+        # confirmation box at once, so the name typed right behind it (one SSH packet, a
+        # paste) reaches the box whole instead of the findings, which drop letters.
+        Binding("enter", "findings_done", show=False, priority=True, id="restore.findings_done"),
     ]
     DEFAULT_CSS = """
     RestoreWizard { align: center middle; }
@@ -162,6 +166,18 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     def _scrolled(self, _old: float, _new: float) -> None:
         self.check_read()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "findings_done":  # not on the Back button, which Enter presses
+            focused = self.focused
+            return self.step == "findings" and focused is not None and focused.id in (
+                "findings",
+                "next",
+            )
+        return True
+
+    def action_findings_done(self) -> None:
+        self.findings_done()
+
     def action_next_step(self) -> None:
         """Enter where no control takes it: the options' and the findings' way on."""
         if self.step == "options":
@@ -184,7 +200,7 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
         if step == "options":
             # The first box that applies (replaying is off without an increment).
             boxes = [b for b in self.query(OptionBox) if not b.disabled]
-            boxes[0].focus()
+            self.set_focus(boxes[0])
             return
         focus = {
             "volume": "#volume",
@@ -193,7 +209,9 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
             "findings": "#findings",
             "confirm": "#confirm-input",
         }[step]
-        self.query_one(focus).focus()
+        # At once, not after the next refresh as focus() would: keys already queued
+        # behind the one that moved on belong to the new step's control.
+        self.set_focus(self.query_one(focus))
 
     # --- step 1: volume ---------------------------------------------------------------------
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual import events
 from textual.binding import Binding
-from textual.message import Message
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
@@ -42,6 +40,8 @@ class DeviceTreeView(Tree[str]):
 
     ``show_devices`` rebuilds it from a scan, keeping the highlighted device, so a
     rescan (on demand or when devices come and go) never loses the user's place.
+    Letters typed here are commands (the app's keys), never filter text: only ``/``
+    opens the filter, so a word typed in the wrong place cannot start a backup.
     """
 
     BINDINGS = [
@@ -50,28 +50,6 @@ class DeviceTreeView(Tree[str]):
         Binding("g", "scroll_home", "Top", show=False, id="tree.top"),
         Binding("G", "scroll_end", "Bottom", show=False, id="tree.bottom"),
     ]
-
-    class FilterTyped(Message):
-        """A printable key no binding takes was typed on the tree: it starts the filter."""
-
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-
-    def on_key(self, event: events.Key) -> None:
-        if not event.is_printable or not event.character or event.character.isspace():
-            return
-        bound = {
-            key.strip()
-            for node in self.ancestors_with_self
-            for binding in getattr(node, "BINDINGS", ())
-            if isinstance(binding, Binding)
-            for key in binding.key.split(",")
-        }
-        if event.key not in bound:
-            event.stop()
-            event.prevent_default()
-            self.post_message(self.FilterTyped(event.character))
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__("block devices", id=id)
