@@ -811,8 +811,7 @@ async def highlight_device(pilot: Pilot[Any], name: str) -> None:
 async def walk_to_running_job(pilot: Pilot[Any]) -> None:
     """Select the running backup in the job table, so its graph and live report show."""
     await settle(pilot)
-    await pilot.press("tab")  # from the device tree to the job table
-    await pilot.press("j", "j")  # past the finished increment and the failed image
+    await pilot.press("tab")  # to the job table: the running backup is on top, highlighted
     await settle(pilot)
 
 

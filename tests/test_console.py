@@ -500,3 +500,115 @@ def test_no_letter_confirms_cancelling_a_job(loopkit, tmp_path):
         assert app.jobs.view(job_id).state is JobState.QUEUED
 
     drive(repo, script)
+
+
+# --- the details follow the repository (item 19) --------------------------------------------
+
+
+async def increment_by_keys(app: BlockvaultApp, pilot: Pilot, key: str = "i") -> str:
+    """Back up the highlighted volume with keys (``i`` an increment, ``b`` an image); wait."""
+    await pilot.press(key)  # the backup dialog, for an increment or an image
+    await settle(app, pilot)
+    assert isinstance(app.screen, BackupDialog)
+    await pilot.press("enter")  # queue it
+    await settle(app, pilot)
+    job_id = app.jobs.views()[-1].id
+    wait_job(app, job_id)
+    return job_id
+
+
+async def after_paint(app: BlockvaultApp, pilot: Pilot) -> None:
+    """Let the five-a-second paint show what changed, and the workers it starts finish."""
+    await pilot.pause(0.3)
+    await settle(app, pilot)
+
+
+def test_details_follow_a_backup_and_an_increment_without_moving(loopkit, tmp_path):
+    """The highlighted volume's timeline shows the new image and increment as they finish."""
+    vol = loopkit.volume("64M", "ext4")
+    populate(vol.mount_point)
+    repo = str(tmp_path / "repo")  # not there yet: the first backup creates it
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        await pick_device(app, pilot, vol.device)
+        history = app.query_one("#volume-history", Static)
+        assert "not a blockvault repository" in shown(history)
+        await increment_by_keys(app, pilot, "b")  # an image: the cursor stays where it is
+        await after_paint(app, pilot)
+        await pilot.press("1")  # the Details tab; the cursor has not moved
+        text = shown(history)
+        assert "not a blockvault repository" not in text
+        assert text.count("■ image") == 1 and "increment" not in text
+        Path(vol.mount_point, "later.txt").write_text("written after the image\n")
+        await increment_by_keys(app, pilot)
+        await after_paint(app, pilot)
+        text = shown(history)
+        assert text.count("│ increment") == 1 and text.count("■ image") == 1
+
+    drive(repo, script)
+
+
+# --- the job list after a reattach (item 18) -------------------------------------------------
+
+
+def test_reattached_console_selects_the_running_job_and_keeps_it_in_view(
+    loopkit, tmp_path, agents  # noqa: F811  (the fixture imported above)
+):
+    """Old finished jobs and one running: the running one is highlighted, Home/End move."""
+    from test_agent import MIB, random_file_volume, raw_volume, reads_throttled
+
+    from core.agent.client import AgentClient
+    from core.jobs import BackupSpec
+
+    agent = agents.start()
+    submitter = agents.client(agent)
+    for vol in [raw_volume(loopkit, 4) for _ in range(4)]:
+        assert submitter.wait(submitter.submit(BackupSpec(vol.device)), 60).state is JobState.DONE
+    vol = random_file_volume(loopkit, "64M", 32)
+    with reads_throttled(agent.pid, vol.device, 4 * MIB):  # runs while the consoles look
+        running = submitter.submit(BackupSpec(vol.device))
+        deadline = time.monotonic() + 30
+        while submitter.view(running).state is not JobState.RUNNING:
+            assert time.monotonic() < deadline, "the backup never started"
+            time.sleep(0.1)
+
+        def look(size: tuple[int, int], check: Callable[[BlockvaultApp, Pilot], Awaitable[None]]):
+            services = CoreServices(str(agent.repo), jobs=AgentClient(str(agent.socket)))
+            app = BlockvaultApp(services=services, watch_devices=False, theme="blockvault-dark")
+
+            async def main() -> None:
+                async with app.run_test(size=size) as pilot:
+                    table = app.query_one("#jobs")
+                    for _ in range(50):  # the event stream's first lines: every job
+                        if table.row_count == 5:
+                            break
+                        await pilot.pause(0.1)
+                    await after_paint(app, pilot)
+                    await check(app, pilot)
+
+            try:
+                asyncio.run(main())
+            finally:
+                services.close()  # disconnects only: the agent's job goes on
+
+        async def small(app: BlockvaultApp, pilot: Pilot) -> None:
+            table = app.query_one("#jobs")
+            assert table.selected_job == running
+            row = table.get_row_index(running)
+            visible = table.scrollable_content_region.height - 1  # under the header
+            assert table.scroll_y <= row < table.scroll_y + visible
+            await pilot.press("tab")  # devices → jobs
+            await pilot.press("end")  # the last row
+            assert table.cursor_row == table.row_count - 1
+            await pilot.press("home")  # the first
+            assert table.cursor_row == 0
+
+        async def large(app: BlockvaultApp, pilot: Pilot) -> None:
+            table = app.query_one("#jobs")
+            assert table.selected_job == running
+            assert table.scrollable_content_region.height - 1 >= 5  # every job in view
+
+        look((80, 24), small)
+        look((160, 50), large)
+        assert submitter.view(running).state is JobState.RUNNING
+    assert submitter.wait(running, timeout=60).state is JobState.DONE

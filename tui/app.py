@@ -23,7 +23,7 @@ from textual.widgets import Footer, Header, Input, TabbedContent, TabPane, Tree
 from textual.worker import Worker, WorkerState
 
 from core.errors import BlockvaultError
-from core.jobs import BackupSpec, JobSpec, JobState, RestoreSpec
+from core.jobs import BackupSpec, JobSpec, JobState, JobView, RestoreSpec
 from tui.messages import DevicesScanned, HistoryLoaded, JobChanged, VolumeChecked
 from tui.screens.actions import ActionsScreen
 from tui.screens.backup_dialog import BackupDialog
@@ -89,6 +89,9 @@ class BlockvaultApp(App[int]):
         self.paused = False
         self.where_jobs_run = "jobs run in this console"
         self._dirty: set[str] = set()
+        self._live_jobs: set[str] = set()
+        """Jobs this console saw queued or running: when one ends, the details are read again."""
+        self._shown_job: str | None = None
         self._device_signature: object = None
         self._selected_device: str | None = None
         self._unsubscribe = self.jobs.subscribe(lambda job: self.post_message(JobChanged(job)))
@@ -170,7 +173,13 @@ class BlockvaultApp(App[int]):
 
     @on(DevicesScanned)
     def show_devices(self, message: DevicesScanned) -> None:
-        self.query_one("#devices", DeviceTreeView).show_devices(message.tree)
+        tree = self.query_one("#devices", DeviceTreeView)
+        tree.show_devices(message.tree)
+        # The highlighted device may have changed (a restore wrote a file system on it, a
+        # backup's remount ended): its identity is shown again, as the scan saw it.
+        dev = tree.selected
+        if dev is not None and dev.path == self._selected_device:
+            self.query_one("#details", VolumeDetails).show_identity(dev)
 
     @on(Tree.NodeHighlighted, "#devices")
     def device_highlighted(self, event: Tree.NodeHighlighted[str]) -> None:
@@ -188,9 +197,19 @@ class BlockvaultApp(App[int]):
             return
         self._selected_device = dev.path
         details.show_pending(dev)
-        self.check_device(dev.path)
-        self.load_history(dev.path)
+        self.refresh_details()
         self.query_one("#right", TabbedContent).active = "tab-volume"
+
+    def refresh_details(self) -> None:
+        """Read the highlighted volume's findings and history again, in workers.
+
+        What was shown stays until the new answer arrives: a job that ends adds an
+        image or an increment (or creates the repository), and the timeline must say
+        so without the user moving the cursor away and back.
+        """
+        if self._selected_device is not None:
+            self.check_device(self._selected_device)
+            self.load_history(self._selected_device)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="check")
     def check_device(self, path: str) -> None:
@@ -327,7 +346,8 @@ class BlockvaultApp(App[int]):
         self.paint_jobs()
         table = self.query_one("#jobs", JobTable)
         if job_id in table.rows:
-            table.move_cursor(row=table.get_row_index(job_id))
+            table.pin(job_id)
+            self.show_job(job_id)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -336,32 +356,50 @@ class BlockvaultApp(App[int]):
         self._dirty.add(message.job_id)
 
     def paint_jobs(self) -> None:
-        """Repaint the jobs that changed since the last paint (unless paused)."""
+        """Repaint the jobs that changed since the last paint (unless paused).
+
+        Each job's view is read once per paint, so its row, graph and report show the
+        same moment. When a job this console saw running has ended, the details are
+        read again: its image or increment is in the timeline now.
+        """
         if self.paused or not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
+        views = {job_id: self.jobs.view(job_id) for job_id in sorted(dirty, key=int)}
         table = self.query_one("#jobs", JobTable)
-        for job_id in sorted(dirty, key=int):
-            table.show_job(self.jobs.view(job_id))
+        table.show_jobs(views.values())
         self.query_one("#devices", DeviceTreeView).set_busy(
             frozenset(v.device for v in self.jobs.active() if v.device)
         )
         selected = table.selected_job
-        if selected is not None and selected in dirty:
-            self.show_job(selected)
+        if selected is not None and (selected in views or selected != self._shown_job):
+            self.show_job(selected, views.get(selected))
+        ended = {i for i, v in views.items() if v.state.finished and i in self._live_jobs}
+        self._live_jobs = (self._live_jobs - ended) | {
+            i for i, v in views.items() if not v.state.finished
+        }
+        if ended:
+            self.refresh_details()
 
-    def show_job(self, job_id: str) -> None:
-        """Show one job's graph and report on the right."""
-        view = self.jobs.view(job_id)
+    def show_job(self, job_id: str, view: JobView | None = None) -> None:
+        """Show one job's graph and report on the right (``view``: as the table shows it)."""
+        if view is None:
+            view = self.jobs.view(job_id)
+        self._shown_job = job_id
         self.query_one("#graph", ThroughputGraph).set_samples(view.samples)
         self.query_one("#report", JobReport).show(view)
 
     @on(JobTable.RowHighlighted, "#jobs")
     def job_highlighted(self, event: JobTable.RowHighlighted) -> None:
-        if event.row_key.value is not None:
+        # The job highlighted now, not the event's: rows move as jobs start and end (a
+        # sort moves no cursor), so a queued event may name a job no longer highlighted.
+        # Only a move to another job switches the right pane to it.
+        job_id = self.query_one("#jobs", JobTable).selected_job
+        if job_id is not None and job_id != self._shown_job:
+            self._shown_job = job_id
             # The tab first: the report lays its figures out for the width it is shown at.
             self.query_one("#right", TabbedContent).active = "tab-job"
-            self.call_after_refresh(self.show_job, event.row_key.value)
+            self.call_after_refresh(self.show_job, job_id)
 
     def action_cancel_job(self) -> None:
         """Ask, then cancel the highlighted job."""
@@ -432,7 +470,10 @@ class BlockvaultApp(App[int]):
             ),
             -1,
         )
-        panes[(current + step) % len(panes)].focus()
+        pane = panes[(current + step) % len(panes)]
+        if pane.id == "jobs":  # the highlighted job's report comes with its row
+            self.query_one("#right", TabbedContent).active = "tab-job"
+        pane.focus()
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one("#right", TabbedContent).active = tab

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # rich is imported on first use: the command line starts fast
 
 __all__ = [
     "COLUMNS",
+    "MIN_TITLE_WIDTH",
     "SEVERITY_STYLE",
     "badges",
     "covers_disk_label",
@@ -25,6 +26,7 @@ __all__ = [
     "progress_bar",
     "row_cells",
     "short_size",
+    "title_room",
 ]
 
 
@@ -116,8 +118,21 @@ COLUMNS = (
     ("rate", "rate", 7),
     ("eta", "ETA", 6),
 )
-"""Key, heading and width of each column: fixed, so the table fits 80 columns whatever
-the jobs are called, and never reflows while they run."""
+"""Key, heading and width of each column. Every column but the job's name keeps its
+width, so nothing reflows while jobs run; the name takes the room the table has
+(:func:`title_room`): cut at 80 columns, whole on a wide terminal."""
+MIN_TITLE_WIDTH = 16
+"""The narrowest the job-name column gets ("image /srv (sna…")."""
+
+
+def title_room(width: int, padding: int = 1) -> int:
+    """Return the width of the job-name column in a table ``width`` cells wide.
+
+    Every other column keeps its width (and ``padding`` cells either side); the name
+    takes the rest, never less than ``MIN_TITLE_WIDTH`` (then the table scrolls sideways).
+    """
+    others = sum(w + 2 * padding for key, _, w in COLUMNS if key != "title")
+    return max(MIN_TITLE_WIDTH, width - others - 2 * padding)
 
 
 def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
@@ -138,16 +153,16 @@ def eta_text(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def row_cells(view: JobView) -> tuple[str, ...]:
-    """Return the table cells for one job."""
+def row_cells(view: JobView, title_width: int = TITLE_WIDTH) -> tuple[str, ...]:
+    """Return the table cells for one job, its name cut to ``title_width`` with …."""
     p = view.progress
     live = view.state.value in ("running", "cancelling")
     state = view.state.value
     if view.state.finished and view.return_code:
         state += f" rc={view.return_code}"
     title = view.title
-    if len(title) > TITLE_WIDTH:
-        title = title[: TITLE_WIDTH - 1] + "…"
+    if len(title) > title_width:
+        title = title[: title_width - 1] + "…"
     return (
         view.id,
         title,

@@ -88,14 +88,22 @@ class JobReport(Vertical):
         super().__init__(id=id)
         self._log_len = 0
         self._job: str | None = None
+        self._view: JobView | None = None
 
     def compose(self) -> ComposeResult:
         yield Static("no job selected: b starts a backup", id="job-summary")
         yield Static("", id="job-figures")
         yield Log(id="job-log", max_lines=500)
 
+    def on_resize(self) -> None:
+        # The figures are laid out for the width: shown while the tab was hidden (no
+        # width yet) or before a resize, they are laid out again for the width they get.
+        if self._view is not None:
+            self.show(self._view)
+
     def show(self, view: JobView) -> None:
         """Render ``view``; log lines already shown are not written again."""
+        self._view = view
         self.query_one("#job-summary", Static).update(summary_line(view))
         rows = figures(view)
         width = max(len(k) for k, _ in rows)
@@ -125,7 +133,7 @@ class JobReport(Vertical):
 
     def clear_job(self) -> None:
         """Show that no job is selected."""
-        self._job, self._log_len = None, 0
+        self._job, self._log_len, self._view = None, 0, None
         self.query_one("#job-summary", Static).update("no job selected: b starts a backup")
         self.query_one("#job-figures", Static).update("")
         self.query_one("#job-log", Log).clear()
