@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -544,6 +546,166 @@ def test_details_follow_a_backup_and_an_increment_without_moving(loopkit, tmp_pa
         await after_paint(app, pilot)
         text = shown(history)
         assert text.count("│ increment") == 1 and text.count("■ image") == 1
+
+    drive(repo, script)
+
+
+# --- job reports say what each figure measures (items 20 and 21) ------------------------------
+
+
+def figure(text: str, label: str) -> str:
+    """Return the value shown beside ``label`` in the job's figures (two may share a line)."""
+    m = re.search(rf"(?:^|  ){re.escape(label)} +(\S.*?)(?:  |$)", text, re.M)
+    assert m, f"no {label!r} in:\n{text}"
+    return m.group(1)
+
+
+def test_restore_report_names_the_image_write_the_replay_and_the_verification(loopkit, tmp_path):
+    """A restore with a replay and --verifyimage: each part's bytes and counts under its name.
+
+    The target holds a file system: its warning was confirmed with the typed name, so
+    the restore is done (rc 0) and the report still counts the warning, as confirmed.
+    """
+    from core.units import human_size
+
+    vol = loopkit.volume("64M", "ext4")
+    populate(vol.mount_point)
+    dest = loopkit.attach(loopkit.image("64M"))
+    subprocess.run(["mkfs.ext4", "-q", "-F", dest], check=True)  # data the restore replaces
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        await backup_by_keys(app, pilot, vol.device)
+        for i in range(3):
+            Path(vol.mount_point, f"after-{i}.bin").write_bytes(os.urandom(40_000))
+        await increment_by_keys(app, pilot)
+        await pick_device(app, pilot, vol.device)
+        await pilot.press("R")  # the restore wizard
+        await settle(app, pilot)
+        await pilot.press("enter")  # step 1: this volume
+        await settle(app, pilot)
+        await pilot.press("enter")  # step 2: the newest point, the increment on the image
+        await settle(app, pilot)
+        await choose(app, pilot, "target", dest)  # step 3
+        verify = app.screen.query_one("#opt-verify")
+        while app.focused is not verify:
+            await pilot.press("tab")  # step 4: past replay (ticked), deletefiles, label
+        await pilot.press("space")  # read back and verify
+        await tab_to(app, pilot, "options-next")
+        await pilot.press("enter")  # on to the findings
+        await settle(app, pilot)
+        await pilot.press("end")  # read them to the end
+        await settle(app, pilot)
+        await pilot.press("enter")  # on to the confirmation
+        await settle(app, pilot)
+        await type_text(pilot, dest)
+        await pilot.press("enter")  # restore
+        await settle(app, pilot)
+        job_id = app.jobs.views()[-1].id
+        wait_job(app, job_id)
+        await after_paint(app, pilot)
+        view = app.jobs.view(job_id)
+        report = view.report
+        image, replay = report["image"], report["replay"]
+        assert replay is not None and replay["files_created"] == 3 and image["verified"]
+        # The image wrote megabytes, the replay some hundred KiB: each under its own name.
+        assert image["bytes_written"] > 10 * replay["bytes_written"] > 0
+        text = shown(app.query_one("#job-figures", Static))
+        assert figure(text, "written to target") == human_size(image["bytes_written"])
+        assert figure(text, "replay wrote") == human_size(replay["bytes_written"])
+        assert figure(text, "files created") == "3"
+        assert figure(text, "verified") == "yes: read back, it matches"
+        for key, label in (("unchanged", "unchanged"), ("metadata_updated", "metadata set")):
+            if replay[key]:
+                assert figure(text, label) == str(replay[key])
+        # The confirmed warning: counted, said to be confirmed, and no rc 8.
+        assert [f.code for f in view.findings if f.confirmed] == ["DEST_HAS_DATA"]
+        assert view.return_code == 0
+        assert figure(text, "warnings") == "1 (1 confirmed before it ran)"
+        assert "(confirmed)" in text  # in the findings under the figures
+        # One "done", the job's own end: neither the image's part nor the replay's says it.
+        ends = [line for line in view.log if line.split(" ", 1)[1].startswith("done")]
+        assert ends == [view.log[-1]], view.log
+
+    drive(repo, script)
+
+
+def test_backup_report_figures_say_what_they_measure(loopkit, tmp_path):
+    """Read from the device, new chunk bytes, stored compressed; rate is read ÷ time.
+
+    A small file system's new chunks span unused space that was never read (more
+    "new" than "read", stored as next to nothing): no compression ratio is claimed
+    for it. A volume of random bytes, read whole, gets its ratio (about ×1).
+    """
+    from test_agent import raw_volume
+
+    from core.units import human_size
+
+    sparse = loopkit.volume("64M", "ext4")  # a new file system: its metadata and a file
+    Path(sparse.mount_point, "note.txt").write_text("a small file\n")
+    os.sync()
+    dense = raw_volume(loopkit, 16)
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        for vol in (sparse, dense):
+            job_id = await backup_by_keys(app, pilot, vol.device)
+            await after_paint(app, pilot)
+            r = app.jobs.view(job_id).report
+            text = shown(app.query_one("#job-figures", Static))
+            assert figure(text, "read from device") == human_size(r["bytes_read"])
+            assert figure(text, "new chunk bytes") == human_size(r["bytes_new"])
+            assert figure(text, "stored compressed") == human_size(r["bytes_stored_new"])
+            if vol is sparse:
+                assert r["bytes_new"] > r["bytes_read"], r  # the situation of the figures
+                assert "compression" not in text, text
+            else:
+                assert r["bytes_new"] == r["bytes_read"] == 16 * (1 << 20), r
+                ratio = r["bytes_new"] / r["bytes_stored_new"]
+                assert figure(text, "compression") == f"×{ratio:.2f}"
+            rate = r["bytes_read"] / r["duration"]
+            assert figure(text, "read rate") == f"{human_size(int(rate))}/s"
+            # The graph's headline is the same rate, said to be the job's average.
+            header = app.query_one("#graph").render_line(0).text
+            unit = 1 << 30 if "GiB/s" in header else 1 << 20
+            assert f"avg {rate / unit:.1f}" in header, header
+
+    drive(repo, script)
+
+
+def test_graph_headline_shows_the_rate_the_job_table_shows(loopkit, tmp_path):
+    """While a backup runs, the graph's current rate is the table's, not the last sample's."""
+    from test_agent import MIB, random_file_volume, reads_throttled
+
+    from core.jobs import BackupSpec
+
+    vol = random_file_volume(loopkit, "64M", 24)
+    repo = str(tmp_path / "repo")
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        with reads_throttled(os.getpid(), vol.device, 4 * MIB):  # some seconds of backup
+            job_id = app.jobs.submit(BackupSpec(vol.device))
+            app._select_job(job_id)
+            await pilot.press("2")  # the Job tab: the graph
+            seen = 0
+            deadline = time.monotonic() + 60
+            while seen < 4 and time.monotonic() < deadline:
+                await pilot.pause(0.5)
+                # Both read between two awaits: as the same paint left them.
+                rate = app.query_one("#jobs").get_row(job_id)[4]
+                header = app.query_one("#graph").render_line(0).text
+                if not rate or app.jobs.view(job_id).state is not JobState.RUNNING:
+                    continue
+                value, unit = float(rate[:-3]), rate[-3]
+                shown_rate = value / 1024 if unit == "K" else value * 1024 if unit == "G" else value
+                match = re.search(r"[▲▼=] (\d+\.\d)", header)
+                assert match and "MiB/s" in header, header
+                now = float(match.group(1))
+                # The table's figure has at most five characters: 3.9M, 12M.
+                assert abs(now - shown_rate) <= max(0.051, shown_rate * 0.05), (rate, header)
+                seen += 1
+            assert seen == 4, "the backup never showed a rate"
+        wait_job(app, job_id)
 
     drive(repo, script)
 

@@ -24,6 +24,7 @@ from textual.worker import Worker, WorkerState
 
 from core.errors import BlockvaultError
 from core.jobs import BackupSpec, JobSpec, JobState, JobView, RestoreSpec
+from tui.format import job_rate
 from tui.messages import DevicesScanned, HistoryLoaded, JobChanged, VolumeChecked
 from tui.screens.actions import ActionsScreen
 from tui.screens.backup_dialog import BackupDialog
@@ -386,7 +387,13 @@ class BlockvaultApp(App[int]):
         if view is None:
             view = self.jobs.view(job_id)
         self._shown_job = job_id
-        self.query_one("#graph", ThroughputGraph).set_samples(view.samples)
+        live = view.state in (JobState.RUNNING, JobState.CANCELLING)
+        # The headline is the rate the job table shows while the job runs (one sample of
+        # a job storing 4 MiB chunks is 0 or 8 MiB/s), its average once it has ended.
+        rate = view.progress.rate if live and view.progress else job_rate(view)
+        self.query_one("#graph", ThroughputGraph).set_samples(
+            view.samples, rate, ended=view.state.finished
+        )
         self.query_one("#report", JobReport).show(view)
 
     @on(JobTable.RowHighlighted, "#jobs")

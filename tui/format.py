@@ -23,6 +23,7 @@ __all__ = [
     "eta_text",
     "findings_table",
     "human_size",
+    "job_rate",
     "progress_bar",
     "row_cells",
     "short_size",
@@ -102,7 +103,10 @@ def findings_table(findings: Sequence[Finding], empty: str = "no findings") -> R
     grid.add_column(ratio=1)
     for f in findings:
         word = Text(f.severity.word.upper(), style=SEVERITY_STYLE[f.severity])
-        grid.add_row(word, Text.assemble((f.code, "bold"), " ", f.message))
+        text = Text.assemble((f.code, "bold"), " ", f.message)
+        if f.confirmed:  # shown before the job and confirmed: it changed nothing since
+            text.append(" (confirmed)", style="italic")
+        grid.add_row(word, text)
     return grid
 
 
@@ -171,3 +175,24 @@ def row_cells(view: JobView, title_width: int = TITLE_WIDTH) -> tuple[str, ...]:
         f"{short_size(int(p.rate))}/s" if p and live else "",
         eta_text(p.eta) if p and live else "",
     )
+
+
+def job_rate(view: JobView) -> float | None:
+    """Return the job's bytes per second over its run: read ÷ elapsed (a restore: written).
+
+    From the report once the job ended (its own duration, so queueing does not count),
+    else from the last progress; None before the job has moved a byte.
+    """
+    report = view.report or {}
+    part = report.get("image") if isinstance(report.get("image"), dict) else report
+    duration = part.get("duration") if isinstance(part, dict) else None
+    if isinstance(part, dict) and isinstance(duration, int | float) and duration > 0:
+        if "bytes_read" in part:
+            moved = int(part["bytes_read"])
+        else:  # a restore: what it wrote to the target, data and zeros
+            moved = int(part.get("bytes_written", 0)) + int(part.get("bytes_zeroed", 0))
+        return moved / duration
+    p = view.progress
+    if p is not None and p.elapsed > 0 and p.done > 0:
+        return p.done / p.elapsed
+    return None
