@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import Input, OptionList
 
 from core import findings as F
 from core.devices import BlockDevice, DeviceKind, DeviceTree, Extent, LoopInfo
@@ -843,10 +843,12 @@ async def walk_to_restore_findings(pilot: Pilot[Any], target: str = "/dev/sda2")
     await settle(pilot)  # the wizard reads the catalog in a worker
     await pilot.press("enter")  # volume: /srv (the wizard highlights the one it was opened on)
     await pilot.press("enter")  # version: the newest point, Thursday's increment on Monday's image
-    # Targets are listed the original (/dev/sda1) first, then by path.
-    order = sorted(DEVICES, key=lambda d: (d.name != "sda1", d.path))
-    downs = [d.path for d in order].index(target)
-    await pilot.press(*["down"] * downs)  # target: down the list to ``target``
+    listing = pilot.app.screen.query_one("#target", OptionList)
+    for _ in range(listing.option_count):
+        if listing.get_option_at_index(listing.highlighted or 0).id == target:
+            break
+        await pilot.press("down")  # target: down the list (past refused ones) to ``target``
+    assert listing.get_option_at_index(listing.highlighted or 0).id == target, target
     await pilot.press("enter")  # target chosen
     await pilot.press("tab", "tab", "tab")  # options: to "read back and verify"
     await pilot.press("space")  # options: verify after writing

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterable
+from functools import partial
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -416,7 +417,10 @@ class BlockvaultApp(App[int]):
             return
         view = self.jobs.view(job_id)
         if view.state.finished:
-            self.notify(f"job {job_id} has already {view.state.value}", severity="warning")
+            self.notify(
+                f"job {job_id} has already ended ({view.state.value}): nothing to cancel",
+                severity="warning",
+            )
             return
 
         def answer(yes: bool | None) -> None:
@@ -530,8 +534,14 @@ class BlockvaultApp(App[int]):
         self.call_from_thread(self.exit, 0)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        """Offer the actions that make sense now, with namespaced names."""
-        yield from super().get_system_commands(screen)
+        """Offer blockvault's actions that make sense now, with namespaced names.
+
+        Textual's own entries (its theme picker listing its own themes, keys, screenshot,
+        maximize) are left out: they mix a second vocabulary into ours. A dialog has its
+        own keys and offers nothing here.
+        """
+        if screen is not self.screen_stack[0]:
+            return
         dev = self.query_one("#devices", DeviceTreeView).selected
         if dev is not None:
             yield SystemCommand(
@@ -551,7 +561,13 @@ class BlockvaultApp(App[int]):
             yield SystemCommand("job: cancel", f"cancel job {job_id}", self.action_cancel_job)
         yield SystemCommand("view: pause", "pause or resume live updates", self.action_toggle_pause)
         yield SystemCommand("view: next theme", "switch the colour theme", self.action_next_theme)
+        for name in self.theme_names:
+            yield SystemCommand(f"theme: {name}", f"colours of {name}", partial(self._use, name))
         yield SystemCommand("app: help", "every key and what it does", self.action_help)
+        yield SystemCommand("app: quit", "leave (asks while jobs run)", self.action_quit)
+
+    def _use(self, theme: str) -> None:
+        self.theme = theme
 
     @on(Worker.StateChanged)
     def worker_failed(self, event: Worker.StateChanged) -> None:

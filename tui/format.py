@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.devices import BlockDevice, DeviceTree
 from core.findings import Finding, Severity
@@ -24,6 +25,7 @@ __all__ = [
     "findings_table",
     "human_size",
     "job_rate",
+    "natural_key",
     "progress_bar",
     "row_cells",
     "short_size",
@@ -74,6 +76,15 @@ SEVERITY_STYLE = {
     Severity.WARNING: "yellow",
     Severity.BLOCKER: "bold red",
 }
+
+
+def natural_key(text: str) -> tuple[Any, ...]:
+    """Return a sort key that puts ``/dev/loop2`` before ``/dev/loop10`` (numbers as numbers).
+
+    ``re.split`` with a group alternates text and digits, so keys compare position by
+    position, text with text and number with number.
+    """
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 def short_size(n: int) -> str:

@@ -23,6 +23,7 @@ from textual.widgets import Button, Checkbox, ContentSwitcher, Input, OptionList
 from textual.widgets.option_list import Option
 
 from core.devices import DeviceTree
+from core.engine.guards import root_holders
 from core.engine.restore import RestorePlan
 from core.errors import BlockvaultError
 from core.findings import Severity
@@ -30,7 +31,7 @@ from core.history import VolumeHistory
 from core.increments.chain import RestorePoint
 from core.jobs import RestoreSpec
 from core.repo.filemanifest import FileManifest
-from tui.format import badges, findings_table, human_size
+from tui.format import badges, findings_table, human_size, natural_key
 from tui.services import Catalog, CoreServices
 from tui.widgets.toggles import MarkedCheckbox
 
@@ -304,23 +305,32 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     # --- step 3: target ---------------------------------------------------------------------
 
     def show_targets(self, tree: DeviceTree, original: str) -> None:
-        """List block devices that can take the image; the original device first."""
+        """List block devices that can take the image: the original first, then by name.
+
+        Names sort as people count (loop2 before loop10). The devices the root file
+        system lies on are listed refused, so the cursor never lands on them.
+        """
         assert self.point is not None
         size = self.point.image.manifest.size
         listing = self.query_one("#target", OptionList)
         listing.clear_options()
-        devices = sorted(tree, key=lambda d: (d.path != original, d.path))
+        root = root_holders(tree)
+        devices = sorted(tree, key=lambda d: (d.path != original, natural_key(d.path)))
         for dev in devices:
             words = badges(dev, tree)
             if dev.size < size:
                 words.append("too small")
+            refused = dev.name in root
+            if refused:
+                words.append("holds /: refused")
             label = f"{dev.path}  {human_size(dev.size)}  {dev.fstype or 'raw'}"
             if dev.path == original:
                 label += "  (original)"
             if words:
                 label += "  " + " ".join(f"[{w}]" for w in words)
-            listing.add_option(Option(escape(label), id=dev.path))
-        listing.highlighted = 0 if devices else None
+            listing.add_option(Option(escape(label), id=dev.path, disabled=refused))
+        choosable = [i for i, d in enumerate(devices) if d.name not in root]
+        listing.highlighted = choosable[0] if choosable else None
 
     @on(OptionList.OptionSelected, "#target")
     def target_chosen(self, event: OptionList.OptionSelected) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.widgets import Tree
@@ -58,6 +59,23 @@ class DeviceTreeView(Tree[str]):
         self.data_tree: DeviceTree | None = None
         self.filter_text = ""
         self.busy: frozenset[str] = frozenset()
+
+    def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
+        """Return the node's line, cut with … where the pane is too narrow for all of it.
+
+        Without the ellipsis a cut line reads as whole: ``[cyl0`` or ``/srv/da`` look
+        like a state word and a mount point.
+        """
+        text = super().render_label(node, base_style, style)
+        depth = 0
+        parent = node.parent
+        while parent is not None and parent is not self.root:
+            depth += 1
+            parent = parent.parent
+        room = self.scrollable_content_region.width - depth * self.guide_depth
+        if 0 < room < text.cell_len:
+            text.truncate(room, overflow="ellipsis")
+        return text
 
     @property
     def selected(self) -> BlockDevice | None:
