@@ -91,8 +91,8 @@ class BlockvaultApp(App[int]):
         self.paused = False
         self.where_jobs_run = "jobs run in this console"
         self._dirty: set[str] = set()
-        self._live_jobs: set[str] = set()
-        """Jobs this console saw queued or running: when one ends, the details are read again."""
+        self._finished_jobs: set[str] = set()
+        """Jobs this console has painted as ended: one more ending reads the details again."""
         self._shown_job: str | None = None
         self._device_signature: object = None
         self._selected_device: str | None = None
@@ -376,10 +376,10 @@ class BlockvaultApp(App[int]):
         selected = table.selected_job
         if selected is not None and (selected in views or selected != self._shown_job):
             self.show_job(selected, views.get(selected))
-        ended = {i for i, v in views.items() if v.state.finished and i in self._live_jobs}
-        self._live_jobs = (self._live_jobs - ended) | {
-            i for i, v in views.items() if not v.state.finished
-        }
+        # Seen ending now, or first seen ended (a job too quick to be painted running, or
+        # those an agent reports on reattach: one read more, harmless).
+        ended = {i for i, v in views.items() if v.state.finished} - self._finished_jobs
+        self._finished_jobs |= ended
         if ended:
             self.refresh_details()
 
