@@ -67,13 +67,29 @@ def shots() -> list[tuple[str, tuple[int, int], str, Walk]]:
     ]
 
 
-async def shoot(name: str, size: tuple[int, int], theme: str, walk: Walk) -> Path:
-    """Open the console on the scene, walk to the view, and save it as ``name``."""
+def keep_spaces(svg: str) -> str:
+    """Return ``svg`` with ``xml:space="preserve"`` on its root element.
+
+    Textual writes each run of one style as its own ``<text>``, so the space between
+    a finding's code and its message begins an element; by SVG's default whitespace
+    rule renderers such as librsvg drop it and draw ``FS_MOUNTED/dev/sda1``.
+    """
+    if 'xml:space="preserve"' in svg.split(">", 1)[0]:
+        return svg
+    return svg.replace("<svg ", '<svg xml:space="preserve" ', 1)
+
+
+async def shoot(
+    name: str, size: tuple[int, int], theme: str, walk: Walk, folder: Path = HERE
+) -> Path:
+    """Open the console on the scene, walk to the view, and save it as ``folder/name``."""
     app = BlockvaultApp(services=SceneServices(), theme=theme, watch_devices=False)
     app.where_jobs_run = "jobs run in the agent"  # as the console runs by default
     async with app.run_test(size=size) as pilot:
         await walk(pilot)
-        return Path(app.save_screenshot(filename=name, path=str(HERE)))
+        path = Path(app.save_screenshot(filename=name, path=str(folder)))
+    path.write_text(keep_spaces(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return path
 
 
 async def main() -> None:

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import Input, OptionList
 
 from core import findings as F
 from core.devices import BlockDevice, DeviceKind, DeviceTree, Extent, LoopInfo
@@ -811,8 +811,7 @@ async def highlight_device(pilot: Pilot[Any], name: str) -> None:
 async def walk_to_running_job(pilot: Pilot[Any]) -> None:
     """Select the running backup in the job table, so its graph and live report show."""
     await settle(pilot)
-    await pilot.press("tab")  # from the device tree to the job table
-    await pilot.press("j", "j")  # past the finished increment and the failed image
+    await pilot.press("tab")  # to the job table: the running backup is on top, highlighted
     await settle(pilot)
 
 
@@ -844,10 +843,12 @@ async def walk_to_restore_findings(pilot: Pilot[Any], target: str = "/dev/sda2")
     await settle(pilot)  # the wizard reads the catalog in a worker
     await pilot.press("enter")  # volume: /srv (the wizard highlights the one it was opened on)
     await pilot.press("enter")  # version: the newest point, Thursday's increment on Monday's image
-    # Targets are listed the original (/dev/sda1) first, then by path.
-    order = sorted(DEVICES, key=lambda d: (d.name != "sda1", d.path))
-    downs = [d.path for d in order].index(target)
-    await pilot.press(*["down"] * downs)  # target: down the list to ``target``
+    listing = pilot.app.screen.query_one("#target", OptionList)
+    for _ in range(listing.option_count):
+        if listing.get_option_at_index(listing.highlighted or 0).id == target:
+            break
+        await pilot.press("down")  # target: down the list (past refused ones) to ``target``
+    assert listing.get_option_at_index(listing.highlighted or 0).id == target, target
     await pilot.press("enter")  # target chosen
     await pilot.press("tab", "tab", "tab")  # options: to "read back and verify"
     await pilot.press("space")  # options: verify after writing

@@ -246,3 +246,42 @@ def test_pick_default_suggests_16_colours_only_for_known_16_colour_terminals(
     term: str | None, colorterm: str | None, expected: str
 ):
     assert pick_default(term, colorterm) == expected
+
+
+def test_device_tree_guides_are_visible_in_every_theme(monkeypatch: pytest.MonkeyPatch):
+    """The tree's guide lines read against the pane in every theme, focused or not."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from screenshots.scene import SceneServices
+    from tui.app import BlockvaultApp
+
+    monkeypatch.delenv("SSH_CONNECTION", raising=False)
+    monkeypatch.delenv("SSH_TTY", raising=False)
+    seen: list[tuple[str, bool]] = []
+
+    async def main() -> None:
+        app = BlockvaultApp(services=SceneServices(), watch_devices=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            tree = app.query_one("#devices")
+            for theme in shipped_themes():
+                app.theme = theme.name
+                for focused in (True, False):
+                    (tree if focused else app.query_one("#jobs")).focus()
+                    await pilot.pause()
+                    guides = tree.get_component_rich_style("tree--guides")
+                    ground = tree.rich_style.bgcolor
+                    assert guides.color is not None and ground is not None
+                    where = (theme.name, focused)
+                    if theme.ansi:
+                        # The terminal's palette: neither black (the console's background)
+                        # nor the background itself.
+                        assert guides.color.number not in (None, 0), (where, guides.color)
+                        assert guides.color != ground, where
+                    else:
+                        pair = (guides.color.triplet.hex, ground.triplet.hex)
+                        assert contrast(*pair) >= 3, (where, pair)
+                    seen.append(where)
+
+    asyncio.run(main())
+    assert len(seen) == 2 * len(SHIPPED)

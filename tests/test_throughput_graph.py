@@ -10,7 +10,7 @@ from typing import Any
 from textual.app import App, ComposeResult
 
 from core.jobs import Sample
-from tui.widgets.throughput import BARS, MAX_SAMPLES, ThroughputGraph, nice_scale
+from tui.widgets.throughput import BARS, MAX_SAMPLES, ThroughputGraph, axis_scale
 
 MiB = 1 << 20
 
@@ -101,17 +101,44 @@ def test_tallest_column_sits_where_the_peak_sample_is() -> None:
     # The newest sample is the rightmost cell; the peak is two samples before it.
     assert max(heights, key=heights.__getitem__) == 80 - 1 - 2
     assert sorted(heights) == list(range(80 - len(rates), 80))
-    # 520 MiB/s on a 600M scale over 10 lines: 69 of 80 eighths.
-    assert heights[77] == round(520 / 600 * 10 * 8)
+    # The peak is the top of the scale: its column fills all 10 lines (80 eighths).
+    assert heights[77] == 10 * 8
+    assert heights[78] == round(300 / 520 * 10 * 8)
 
 
-def test_scale_is_a_round_number_above_the_peak_with_zero_at_the_bottom() -> None:
+def test_axis_labels_lie_within_the_plot_the_top_one_at_the_tallest_column() -> None:
+    """The top label is the tallest column's value, on the line where that column ends."""
     lines = run_graph(lambda g: g.set_samples(samples_at([100, 520])))
     chart = lines[1:-1]
-    assert chart[0].startswith(" 600M┤")
+    assert chart[0].startswith(" 520M┤")
+    assert chart[0][79] == "█"  # the 520 MiB/s column reaches the top line, and fills it
     assert chart[-1].startswith("    0┤")
     # 10 chart lines: half the scale is the top edge of the fifth line from the bottom.
-    assert chart[-5].startswith(" 300M┤")
+    assert chart[-5].startswith(" 260M┤")
+
+
+def test_no_axis_label_says_more_than_the_plot_shows() -> None:
+    """Whatever the rates, every label is at most the tallest drawn value (here 1.7 GiB/s)."""
+    lines = run_graph(lambda g: g.set_samples(samples_at([0, 437.4, 1736.7])), height=6)
+    chart = lines[1:-1]
+    labels = [line[:5].strip() for line in chart if "┤" in line[:6]]
+    assert labels == ["1.7G", "868M", "0"]
+    assert chart[0][79] == "█"
+
+
+def test_headline_is_the_rate_the_caller_gives_not_the_last_sample() -> None:
+    """A job's rate over seconds (as the job table shows it) heads the graph, not one sample."""
+    chunky = samples_at([8, 0, 8, 0, 8, 0])  # 4 MiB chunks, sampled twice a second
+    live = run_graph(lambda g: g.set_samples(chunky, rate=4 * MiB))
+    assert live[0].split()[:3] == ["job", "=", "4.0"], live[0]  # steady at 4, as it runs
+    assert "peak 8.0" in live[0]
+
+
+def test_finished_job_headline_is_its_average_without_device_rates() -> None:
+    """Once the job ended its headline is its average; the device's rates say nothing then."""
+    ended = run_graph(lambda g: g.set_samples(samples_at([8, 0, 8, 0]), rate=3.5 * MiB, ended=True))
+    assert ended[0].startswith("job avg 3.5 MiB/s  peak 8.0"), ended[0]
+    assert "dev" not in ended[0] and " r " not in ended[0]
 
 
 def test_more_samples_than_columns_shows_the_whole_job_averaged() -> None:
@@ -223,9 +250,11 @@ def test_a_bounded_deque_is_drawn_from_its_newest_samples() -> None:
     assert time_axis[time_axis.index("└") + 1 :].startswith("4m10s")
 
 
-def test_nice_scale_rounds_up_to_a_readable_top() -> None:
-    assert nice_scale(0.0) == (1024.0, "1K", "0.5K")
-    assert nice_scale(520 * MiB)[1:] == ("600M", "300M")
-    assert nice_scale(600 * MiB)[1:] == ("600M", "300M")
-    assert nice_scale(1010 * MiB)[1:] == ("1500M", "750M")
-    assert nice_scale(1.2 * (1 << 30))[1:] == ("1.5G", "0.75G")
+def test_axis_scale_tops_at_the_peak_with_short_labels() -> None:
+    assert axis_scale(0.0) == (1024.0, "1K", "0.5K")
+    assert axis_scale(520 * MiB) == (520 * MiB, "520M", "260M")
+    assert axis_scale(9.5 * MiB)[1:] == ("9.5M", "4.8M")
+    assert axis_scale(1010 * MiB)[1:] == ("1010M", "505M")
+    assert axis_scale(1.2 * (1 << 30))[1:] == ("1.2G", "614M")
+    for peak in (1.0, 1023.0, 5e5, 3 * (1 << 50)):
+        assert all(len(label) <= 5 for label in axis_scale(peak)[1:])

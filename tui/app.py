@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterable
+from functools import partial
 
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
@@ -23,7 +24,8 @@ from textual.widgets import Footer, Header, Input, TabbedContent, TabPane, Tree
 from textual.worker import Worker, WorkerState
 
 from core.errors import BlockvaultError
-from core.jobs import BackupSpec, JobSpec, JobState, RestoreSpec
+from core.jobs import BackupSpec, JobSpec, JobState, JobView, RestoreSpec
+from tui.format import job_rate
 from tui.messages import DevicesScanned, HistoryLoaded, JobChanged, VolumeChecked
 from tui.screens.actions import ActionsScreen
 from tui.screens.backup_dialog import BackupDialog
@@ -56,7 +58,10 @@ class BlockvaultApp(App[int]):
         Binding("R", "restore", "Restore", id="volume.restore"),
         Binding("c", "cancel_job", "Cancel", id="job.cancel"),
         Binding("q", "quit", "Quit", id="app.quit"),
-        Binding("slash", "filter", "Filter", id="devices.filter"),
+        # Priority: handled as the key arrives, so the keys typed right after "/" (one SSH
+        # packet, a paste) already go to the filter box; bubbled up from the tree, they
+        # would be handed to the tree first, where a letter or a digit is a command.
+        Binding("slash", "filter", "Filter", priority=True, id="devices.filter"),
         Binding("r,f5", "refresh", "Rescan", show=False, id="devices.refresh"),
         Binding("1", "show_tab('tab-volume')", "Details", show=False, id="view.details"),
         Binding("2", "show_tab('tab-job')", "Job", show=False, id="view.job"),
@@ -86,6 +91,9 @@ class BlockvaultApp(App[int]):
         self.paused = False
         self.where_jobs_run = "jobs run in this console"
         self._dirty: set[str] = set()
+        self._finished_jobs: set[str] = set()
+        """Jobs this console has painted as ended: one more ending reads the details again."""
+        self._shown_job: str | None = None
         self._device_signature: object = None
         self._selected_device: str | None = None
         self._unsubscribe = self.jobs.subscribe(lambda job: self.post_message(JobChanged(job)))
@@ -167,7 +175,13 @@ class BlockvaultApp(App[int]):
 
     @on(DevicesScanned)
     def show_devices(self, message: DevicesScanned) -> None:
-        self.query_one("#devices", DeviceTreeView).show_devices(message.tree)
+        tree = self.query_one("#devices", DeviceTreeView)
+        tree.show_devices(message.tree)
+        # The highlighted device may have changed (a restore wrote a file system on it, a
+        # backup's remount ended): its identity is shown again, as the scan saw it.
+        dev = tree.selected
+        if dev is not None and dev.path == self._selected_device:
+            self.query_one("#details", VolumeDetails).show_identity(dev)
 
     @on(Tree.NodeHighlighted, "#devices")
     def device_highlighted(self, event: Tree.NodeHighlighted[str]) -> None:
@@ -185,9 +199,19 @@ class BlockvaultApp(App[int]):
             return
         self._selected_device = dev.path
         details.show_pending(dev)
-        self.check_device(dev.path)
-        self.load_history(dev.path)
+        self.refresh_details()
         self.query_one("#right", TabbedContent).active = "tab-volume"
+
+    def refresh_details(self) -> None:
+        """Read the highlighted volume's findings and history again, in workers.
+
+        What was shown stays until the new answer arrives: a job that ends adds an
+        image or an increment (or creates the repository), and the timeline must say
+        so without the user moving the cursor away and back.
+        """
+        if self._selected_device is not None:
+            self.check_device(self._selected_device)
+            self.load_history(self._selected_device)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="check")
     def check_device(self, path: str) -> None:
@@ -230,23 +254,15 @@ class BlockvaultApp(App[int]):
         self.push_screen(ActionsScreen(dev.path, read_only=self.read_only), chosen)
 
     def action_filter(self) -> None:
-        """Show the filter box above the device tree, empty, with the cursor in it."""
+        """Show the filter box above the device tree, empty, with the cursor in it.
+
+        The focus moves at once (``set_focus``, not ``focus()``, which waits for the next
+        refresh): each key queued behind ``/`` must reach the box, none the tree.
+        """
         box = self.query_one("#filter", Input)
         box.value = ""
         box.display = True
-        box.focus()
-
-    @on(DeviceTreeView.FilterTyped)
-    def filter_typed(self, message: DeviceTreeView.FilterTyped) -> None:
-        box = self.query_one("#filter", Input)
-        # Keys that arrive together (a paste, one SSH packet) reach the tree before the
-        # focus has moved to the box: each is added, none replaces the ones before.
-        if box.display:
-            box.value += message.text
-        else:
-            self.action_filter()
-            box.value = message.text
-        box.cursor_position = len(box.value)
+        self.screen.set_focus(box)
 
     @on(Input.Changed, "#filter")
     def filter_changed(self, event: Input.Changed) -> None:
@@ -263,11 +279,14 @@ class BlockvaultApp(App[int]):
         self.screen.set_focus(self.query_one("#devices", DeviceTreeView))
 
     def key_escape(self) -> None:
+        """Esc on the main screen leaves the filter: the box closes, the tree is whole again."""
+        if self.screen is not self.screen_stack[0]:
+            return
         box = self.query_one("#filter", Input)
         if box.display:
             box.value = ""
             box.display = False
-            self.query_one("#devices", DeviceTreeView).focus()
+            self.screen.set_focus(self.query_one("#devices", DeviceTreeView))
 
     # --- backup and restore -----------------------------------------------------------------
 
@@ -295,6 +314,10 @@ class BlockvaultApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "filter_done":  # Enter belongs to the filter box only while it has focus
             return self.focused is not None and self.focused.id == "filter"
+        if action == "filter":
+            # "/" is text in every input (the filter box, a dialog's device name): it opens
+            # the filter only on the main screen, from a pane that takes no text.
+            return self.screen is self.screen_stack[0] and not isinstance(self.focused, Input)
         # A read-only console shows no restore key at all (as k9s --readonly does).
         return not (action == "restore" and self.read_only)
 
@@ -325,7 +348,8 @@ class BlockvaultApp(App[int]):
         self.paint_jobs()
         table = self.query_one("#jobs", JobTable)
         if job_id in table.rows:
-            table.move_cursor(row=table.get_row_index(job_id))
+            table.pin(job_id)
+            self.show_job(job_id)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -334,32 +358,56 @@ class BlockvaultApp(App[int]):
         self._dirty.add(message.job_id)
 
     def paint_jobs(self) -> None:
-        """Repaint the jobs that changed since the last paint (unless paused)."""
+        """Repaint the jobs that changed since the last paint (unless paused).
+
+        Each job's view is read once per paint, so its row, graph and report show the
+        same moment. When a job this console saw running has ended, the details are
+        read again: its image or increment is in the timeline now.
+        """
         if self.paused or not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
+        views = {job_id: self.jobs.view(job_id) for job_id in sorted(dirty, key=int)}
         table = self.query_one("#jobs", JobTable)
-        for job_id in sorted(dirty, key=int):
-            table.show_job(self.jobs.view(job_id))
+        table.show_jobs(views.values())
         self.query_one("#devices", DeviceTreeView).set_busy(
             frozenset(v.device for v in self.jobs.active() if v.device)
         )
         selected = table.selected_job
-        if selected is not None and selected in dirty:
-            self.show_job(selected)
+        if selected is not None and (selected in views or selected != self._shown_job):
+            self.show_job(selected, views.get(selected))
+        # Seen ending now, or first seen ended (a job too quick to be painted running, or
+        # those an agent reports on reattach: one read more, harmless).
+        ended = {i for i, v in views.items() if v.state.finished} - self._finished_jobs
+        self._finished_jobs |= ended
+        if ended:
+            self.refresh_details()
 
-    def show_job(self, job_id: str) -> None:
-        """Show one job's graph and report on the right."""
-        view = self.jobs.view(job_id)
-        self.query_one("#graph", ThroughputGraph).set_samples(view.samples)
+    def show_job(self, job_id: str, view: JobView | None = None) -> None:
+        """Show one job's graph and report on the right (``view``: as the table shows it)."""
+        if view is None:
+            view = self.jobs.view(job_id)
+        self._shown_job = job_id
+        live = view.state in (JobState.RUNNING, JobState.CANCELLING)
+        # The headline is the rate the job table shows while the job runs (one sample of
+        # a job storing 4 MiB chunks is 0 or 8 MiB/s), its average once it has ended.
+        rate = view.progress.rate if live and view.progress else job_rate(view)
+        self.query_one("#graph", ThroughputGraph).set_samples(
+            view.samples, rate, ended=view.state.finished
+        )
         self.query_one("#report", JobReport).show(view)
 
     @on(JobTable.RowHighlighted, "#jobs")
     def job_highlighted(self, event: JobTable.RowHighlighted) -> None:
-        if event.row_key.value is not None:
+        # The job highlighted now, not the event's: rows move as jobs start and end (a
+        # sort moves no cursor), so a queued event may name a job no longer highlighted.
+        # Only a move to another job switches the right pane to it.
+        job_id = self.query_one("#jobs", JobTable).selected_job
+        if job_id is not None and job_id != self._shown_job:
+            self._shown_job = job_id
             # The tab first: the report lays its figures out for the width it is shown at.
             self.query_one("#right", TabbedContent).active = "tab-job"
-            self.call_after_refresh(self.show_job, event.row_key.value)
+            self.call_after_refresh(self.show_job, job_id)
 
     def action_cancel_job(self) -> None:
         """Ask, then cancel the highlighted job."""
@@ -369,7 +417,10 @@ class BlockvaultApp(App[int]):
             return
         view = self.jobs.view(job_id)
         if view.state.finished:
-            self.notify(f"job {job_id} has already {view.state.value}", severity="warning")
+            self.notify(
+                f"job {job_id} has already ended ({view.state.value}): nothing to cancel",
+                severity="warning",
+            )
             return
 
         def answer(yes: bool | None) -> None:
@@ -430,7 +481,10 @@ class BlockvaultApp(App[int]):
             ),
             -1,
         )
-        panes[(current + step) % len(panes)].focus()
+        pane = panes[(current + step) % len(panes)]
+        if pane.id == "jobs":  # the highlighted job's report comes with its row
+            self.query_one("#right", TabbedContent).active = "tab-job"
+        pane.focus()
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one("#right", TabbedContent).active = tab
@@ -480,8 +534,14 @@ class BlockvaultApp(App[int]):
         self.call_from_thread(self.exit, 0)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        """Offer the actions that make sense now, with namespaced names."""
-        yield from super().get_system_commands(screen)
+        """Offer blockvault's actions that make sense now, with namespaced names.
+
+        Textual's own entries (its theme picker listing its own themes, keys, screenshot,
+        maximize) are left out: they mix a second vocabulary into ours. A dialog has its
+        own keys and offers nothing here.
+        """
+        if screen is not self.screen_stack[0]:
+            return
         dev = self.query_one("#devices", DeviceTreeView).selected
         if dev is not None:
             yield SystemCommand(
@@ -501,7 +561,13 @@ class BlockvaultApp(App[int]):
             yield SystemCommand("job: cancel", f"cancel job {job_id}", self.action_cancel_job)
         yield SystemCommand("view: pause", "pause or resume live updates", self.action_toggle_pause)
         yield SystemCommand("view: next theme", "switch the colour theme", self.action_next_theme)
+        for name in self.theme_names:
+            yield SystemCommand(f"theme: {name}", f"colours of {name}", partial(self._use, name))
         yield SystemCommand("app: help", "every key and what it does", self.action_help)
+        yield SystemCommand("app: quit", "leave (asks while jobs run)", self.action_quit)
+
+    def _use(self, theme: str) -> None:
+        self.theme = theme
 
     @on(Worker.StateChanged)
     def worker_failed(self, event: Worker.StateChanged) -> None:

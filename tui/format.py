@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.devices import BlockDevice, DeviceTree
 from core.findings import Finding, Severity
@@ -16,15 +17,19 @@ if TYPE_CHECKING:  # rich is imported on first use: the command line starts fast
 
 __all__ = [
     "COLUMNS",
+    "MIN_TITLE_WIDTH",
     "SEVERITY_STYLE",
     "badges",
     "covers_disk_label",
     "eta_text",
     "findings_table",
     "human_size",
+    "job_rate",
+    "natural_key",
     "progress_bar",
     "row_cells",
     "short_size",
+    "title_room",
 ]
 
 
@@ -73,6 +78,15 @@ SEVERITY_STYLE = {
 }
 
 
+def natural_key(text: str) -> tuple[Any, ...]:
+    """Return a sort key that puts ``/dev/loop2`` before ``/dev/loop10`` (numbers as numbers).
+
+    ``re.split`` with a group alternates text and digits, so keys compare position by
+    position, text with text and number with number.
+    """
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+
+
 def short_size(n: int) -> str:
     """Return ``n`` bytes in at most five characters: ``64M``, ``1.5G``, ``256G``, ``12T``."""
     size = float(n)
@@ -100,7 +114,10 @@ def findings_table(findings: Sequence[Finding], empty: str = "no findings") -> R
     grid.add_column(ratio=1)
     for f in findings:
         word = Text(f.severity.word.upper(), style=SEVERITY_STYLE[f.severity])
-        grid.add_row(word, Text.assemble((f.code, "bold"), " ", f.message))
+        text = Text.assemble((f.code, "bold"), " ", f.message)
+        if f.confirmed:  # shown before the job and confirmed: it changed nothing since
+            text.append(" (confirmed)", style="italic")
+        grid.add_row(word, text)
     return grid
 
 
@@ -116,8 +133,21 @@ COLUMNS = (
     ("rate", "rate", 7),
     ("eta", "ETA", 6),
 )
-"""Key, heading and width of each column: fixed, so the table fits 80 columns whatever
-the jobs are called, and never reflows while they run."""
+"""Key, heading and width of each column. Every column but the job's name keeps its
+width, so nothing reflows while jobs run; the name takes the room the table has
+(:func:`title_room`): cut at 80 columns, whole on a wide terminal."""
+MIN_TITLE_WIDTH = 16
+"""The narrowest the job-name column gets ("image /srv (sna…")."""
+
+
+def title_room(width: int, padding: int = 1) -> int:
+    """Return the width of the job-name column in a table ``width`` cells wide.
+
+    Every other column keeps its width (and ``padding`` cells either side); the name
+    takes the rest, never less than ``MIN_TITLE_WIDTH`` (then the table scrolls sideways).
+    """
+    others = sum(w + 2 * padding for key, _, w in COLUMNS if key != "title")
+    return max(MIN_TITLE_WIDTH, width - others - 2 * padding)
 
 
 def progress_bar(fraction: float, width: int = BAR_WIDTH) -> str:
@@ -138,16 +168,16 @@ def eta_text(seconds: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-def row_cells(view: JobView) -> tuple[str, ...]:
-    """Return the table cells for one job."""
+def row_cells(view: JobView, title_width: int = TITLE_WIDTH) -> tuple[str, ...]:
+    """Return the table cells for one job, its name cut to ``title_width`` with …."""
     p = view.progress
     live = view.state.value in ("running", "cancelling")
     state = view.state.value
     if view.state.finished and view.return_code:
         state += f" rc={view.return_code}"
     title = view.title
-    if len(title) > TITLE_WIDTH:
-        title = title[: TITLE_WIDTH - 1] + "…"
+    if len(title) > title_width:
+        title = title[: title_width - 1] + "…"
     return (
         view.id,
         title,
@@ -156,3 +186,24 @@ def row_cells(view: JobView) -> tuple[str, ...]:
         f"{short_size(int(p.rate))}/s" if p and live else "",
         eta_text(p.eta) if p and live else "",
     )
+
+
+def job_rate(view: JobView) -> float | None:
+    """Return the job's bytes per second over its run: read ÷ elapsed (a restore: written).
+
+    From the report once the job ended (its own duration, so queueing does not count),
+    else from the last progress; None before the job has moved a byte.
+    """
+    report = view.report or {}
+    part = report.get("image") if isinstance(report.get("image"), dict) else report
+    duration = part.get("duration") if isinstance(part, dict) else None
+    if isinstance(part, dict) and isinstance(duration, int | float) and duration > 0:
+        if "bytes_read" in part:
+            moved = int(part["bytes_read"])
+        else:  # a restore: what it wrote to the target, data and zeros
+            moved = int(part.get("bytes_written", 0)) + int(part.get("bytes_zeroed", 0))
+        return moved / duration
+    p = view.progress
+    if p is not None and p.elapsed > 0 and p.done > 0:
+        return p.done / p.elapsed
+    return None

@@ -165,6 +165,17 @@ def _beneath(tree: DeviceTree, name: str | None) -> set[str]:
     return {d.name for d in _walk(tree, name, _lies_on)}
 
 
+def root_holders(tree: DeviceTree) -> frozenset[str]:
+    """Return the names of the devices the root file system lies on, as ``tree`` records it.
+
+    The device mounted at ``/`` and every device beneath it (its partition's disk, an
+    array's members): a restore target a list should show refused before anyone picks
+    it. The guards judge a chosen target on the live machine (``DEST_HOLDS_ROOT``).
+    """
+    mounted = [d.name for d in tree if any(m.mount_point == "/" for m in d.mounts)]
+    return frozenset(name for start in mounted for name in _beneath(tree, start))
+
+
 def _overlapping_loops(dev: BlockDevice, real_path: str, tree: DeviceTree) -> list[BlockDevice]:
     """Return loop devices that map the same storage as ``dev`` or are backed by it.
 

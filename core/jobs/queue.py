@@ -292,7 +292,10 @@ class JobQueue(Jobs):
             with self._lock:
                 if p.phase != job.phase:
                     job.phase = p.phase
-                    job.add_log(f"{_clock()} {p.phase}")
+                    # A part's "done" (a restore's image, then its replay) is no line of
+                    # its own: the job's end says "done" once, with its return code.
+                    if p.phase != "done":
+                        job.add_log(f"{_clock()} {p.phase}")
                 job.view = replace(job.view, progress=p)
                 if io is not None:
                     self._sample_locked(job, now, io)

@@ -11,15 +11,13 @@ from textual.widgets import Button, Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    """Ask ``question``; dismiss with True only on the explicit yes button or ``y``.
+    """Ask ``question``; dismiss with True only when the yes button is pressed.
 
-    Focus starts on "no", so a stray Enter never confirms.
+    Focus starts on "no", so a stray Enter never confirms, and no letter answers yes:
+    ``c`` then ``y`` from a word typed into the wrong pane must not cancel a job.
     """
 
-    BINDINGS = [
-        Binding("escape,n", "answer(False)", "No", id="confirm.no"),
-        Binding("y", "answer(True)", "Yes", id="confirm.yes"),
-    ]
+    BINDINGS = [Binding("escape", "answer(False)", "No", id="confirm.no")]
     DEFAULT_CSS = """
     ConfirmScreen { align: center middle; }
     ConfirmScreen > Vertical { width: 60; max-width: 100%; height: auto; border: thick $warning;
@@ -38,8 +36,8 @@ class ConfirmScreen(ModalScreen[bool]):
         with Vertical():
             yield Static(escape(self.question))
             with Horizontal():
-                yield Button(f"{self.no} (n)", id="no", variant="primary")
-                yield Button(f"{self.yes} (y)", id="yes", variant="error")
+                yield Button(f"{self.no} (esc)", id="no", variant="primary")
+                yield Button(self.yes, id="yes", variant="error")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()

@@ -22,7 +22,7 @@ HELP = """\
 
 [b]Jobs (bottom)[/b]
   Tab          move between devices, jobs and the right pane
-  c            cancel the highlighted job (asks first)
+  c            cancel the highlighted job (asks; only its button says yes)
   space        pause / resume live updates
 
 [b]Anywhere[/b]

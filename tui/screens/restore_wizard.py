@@ -23,6 +23,7 @@ from textual.widgets import Button, Checkbox, ContentSwitcher, Input, OptionList
 from textual.widgets.option_list import Option
 
 from core.devices import DeviceTree
+from core.engine.guards import root_holders
 from core.engine.restore import RestorePlan
 from core.errors import BlockvaultError
 from core.findings import Severity
@@ -30,7 +31,7 @@ from core.history import VolumeHistory
 from core.increments.chain import RestorePoint
 from core.jobs import RestoreSpec
 from core.repo.filemanifest import FileManifest
-from tui.format import badges, findings_table, human_size
+from tui.format import badges, findings_table, human_size, natural_key
 from tui.services import Catalog, CoreServices
 from tui.widgets.toggles import MarkedCheckbox
 
@@ -73,6 +74,10 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     BINDINGS = [
         Binding("escape", "back", "Back", id="restore.back"),
         Binding("enter", "next_step", "Next", id="restore.next"),
+        # Priority: on the findings, Enter is handled as it arrives and the focus is in the
+        # confirmation box at once, so the name typed right behind it (one SSH packet, a
+        # paste) reaches the box whole instead of the findings, which drop letters.
+        Binding("enter", "findings_done", show=False, priority=True, id="restore.findings_done"),
     ]
     DEFAULT_CSS = """
     RestoreWizard { align: center middle; }
@@ -162,6 +167,18 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     def _scrolled(self, _old: float, _new: float) -> None:
         self.check_read()
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "findings_done":  # not on the Back button, which Enter presses
+            focused = self.focused
+            return self.step == "findings" and focused is not None and focused.id in (
+                "findings",
+                "next",
+            )
+        return True
+
+    def action_findings_done(self) -> None:
+        self.findings_done()
+
     def action_next_step(self) -> None:
         """Enter where no control takes it: the options' and the findings' way on."""
         if self.step == "options":
@@ -184,7 +201,7 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
         if step == "options":
             # The first box that applies (replaying is off without an increment).
             boxes = [b for b in self.query(OptionBox) if not b.disabled]
-            boxes[0].focus()
+            self.set_focus(boxes[0])
             return
         focus = {
             "volume": "#volume",
@@ -193,7 +210,9 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
             "findings": "#findings",
             "confirm": "#confirm-input",
         }[step]
-        self.query_one(focus).focus()
+        # At once, not after the next refresh as focus() would: keys already queued
+        # behind the one that moved on belong to the new step's control.
+        self.set_focus(self.query_one(focus))
 
     # --- step 1: volume ---------------------------------------------------------------------
 
@@ -286,23 +305,32 @@ class RestoreWizard(ModalScreen[RestoreSpec | None]):
     # --- step 3: target ---------------------------------------------------------------------
 
     def show_targets(self, tree: DeviceTree, original: str) -> None:
-        """List block devices that can take the image; the original device first."""
+        """List block devices that can take the image: the original first, then by name.
+
+        Names sort as people count (loop2 before loop10). The devices the root file
+        system lies on are listed refused, so the cursor never lands on them.
+        """
         assert self.point is not None
         size = self.point.image.manifest.size
         listing = self.query_one("#target", OptionList)
         listing.clear_options()
-        devices = sorted(tree, key=lambda d: (d.path != original, d.path))
+        root = root_holders(tree)
+        devices = sorted(tree, key=lambda d: (d.path != original, natural_key(d.path)))
         for dev in devices:
             words = badges(dev, tree)
             if dev.size < size:
                 words.append("too small")
+            refused = dev.name in root
+            if refused:
+                words.append("holds /: refused")
             label = f"{dev.path}  {human_size(dev.size)}  {dev.fstype or 'raw'}"
             if dev.path == original:
                 label += "  (original)"
             if words:
                 label += "  " + " ".join(f"[{w}]" for w in words)
-            listing.add_option(Option(escape(label), id=dev.path))
-        listing.highlighted = 0 if devices else None
+            listing.add_option(Option(escape(label), id=dev.path, disabled=refused))
+        choosable = [i for i, d in enumerate(devices) if d.name not in root]
+        listing.highlighted = choosable[0] if choosable else None
 
     @on(OptionList.OptionSelected, "#target")
     def target_chosen(self, event: OptionList.OptionSelected) -> None:

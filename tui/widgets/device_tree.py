@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from rich.style import Style
 from rich.text import Text
-from textual import events
 from textual.binding import Binding
-from textual.message import Message
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
@@ -42,6 +41,8 @@ class DeviceTreeView(Tree[str]):
 
     ``show_devices`` rebuilds it from a scan, keeping the highlighted device, so a
     rescan (on demand or when devices come and go) never loses the user's place.
+    Letters typed here are commands (the app's keys), never filter text: only ``/``
+    opens the filter, so a word typed in the wrong place cannot start a backup.
     """
 
     BINDINGS = [
@@ -51,28 +52,6 @@ class DeviceTreeView(Tree[str]):
         Binding("G", "scroll_end", "Bottom", show=False, id="tree.bottom"),
     ]
 
-    class FilterTyped(Message):
-        """A printable key no binding takes was typed on the tree: it starts the filter."""
-
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-
-    def on_key(self, event: events.Key) -> None:
-        if not event.is_printable or not event.character or event.character.isspace():
-            return
-        bound = {
-            key.strip()
-            for node in self.ancestors_with_self
-            for binding in getattr(node, "BINDINGS", ())
-            if isinstance(binding, Binding)
-            for key in binding.key.split(",")
-        }
-        if event.key not in bound:
-            event.stop()
-            event.prevent_default()
-            self.post_message(self.FilterTyped(event.character))
-
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__("block devices", id=id)
         self.show_root = False
@@ -80,6 +59,23 @@ class DeviceTreeView(Tree[str]):
         self.data_tree: DeviceTree | None = None
         self.filter_text = ""
         self.busy: frozenset[str] = frozenset()
+
+    def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
+        """Return the node's line, cut with … where the pane is too narrow for all of it.
+
+        Without the ellipsis a cut line reads as whole: ``[cyl0`` or ``/srv/da`` look
+        like a state word and a mount point.
+        """
+        text = super().render_label(node, base_style, style)
+        depth = 0
+        parent = node.parent
+        while parent is not None and parent is not self.root:
+            depth += 1
+            parent = parent.parent
+        room = self.scrollable_content_region.width - depth * self.guide_depth
+        if 0 < room < text.cell_len:
+            text.truncate(room, overflow="ellipsis")
+        return text
 
     @property
     def selected(self) -> BlockDevice | None:

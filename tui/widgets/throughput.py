@@ -53,7 +53,6 @@ _HEADER_UNITS = (("MiB/s", 1 << 20), ("GiB/s", 1 << 30), ("TiB/s", 1 << 40), ("P
 _SCALE_UNITS = (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40), ("P", 1 << 50))
 _GUTTER = 6
 """Cells left of the chart for the scale: a label of up to five and the axis line."""
-_NICE_STEPS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 
 
 def _rate(value: float) -> float:
@@ -65,20 +64,28 @@ def _rate(value: float) -> float:
     return value if 0.0 <= value < math.inf else 0.0
 
 
-def nice_scale(peak: float) -> tuple[float, str, str]:
+def axis_scale(peak: float) -> tuple[float, str, str]:
     """Return the chart's top in bytes/s and the labels for the top and for half of it.
 
-    The top is the smallest "round" value (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 × 10ⁿ in K, M,
-    G, T or P) at or above ``peak``, so the axis reads ``600M`` / ``300M`` rather than
-    ``523M`` / ``261.5M``. An idle job gets a 1K scale instead of a division by zero.
+    The top is the tallest value drawn, so the top label names the tallest column and
+    sits on the line where that column ends: no label names a rate the plot does not
+    reach. Labels are short (``520M``, ``1.7G``, ``9.5M``); an idle job gets a 1K scale
+    instead of a division by zero.
     """
-    peak = max(peak, 1024.0)
-    suffix, unit = next(pair for pair in reversed(_SCALE_UNITS) if peak >= pair[1])
-    value = peak / unit
-    decade = 10.0 ** math.floor(math.log10(value))
-    # The tolerance keeps a peak of exactly 600M on a 600M scale despite float noise.
-    top = next(step * decade for step in _NICE_STEPS if step * decade >= value * (1 - 1e-9))
-    return top * unit, f"{top:g}{suffix}", f"{top / 2:g}{suffix}"
+    top = max(peak, 1024.0)
+    return top, _short_rate(top), _short_rate(top / 2)
+
+
+def _short_rate(rate: float) -> str:
+    """Return ``rate`` (bytes/s) in at most five characters: ``520M``, ``1.7G``, ``0.5K``."""
+    suffix, unit = next(
+        (pair for pair in reversed(_SCALE_UNITS) if rate >= pair[1]), _SCALE_UNITS[0]
+    )
+    value = rate / unit
+    if value < 10:
+        text = f"{value:.1f}"
+        return f"{text.removesuffix('.0')}{suffix}"
+    return f"{value:.0f}{suffix}"
 
 
 def format_elapsed(seconds: float) -> str:
@@ -109,10 +116,13 @@ class ThroughputGraph(Widget):
     """The selected job's MiB/s as a column chart, with the device's read and write rates.
 
     The header spells out the numbers (``job ▲ 412.3 MiB/s  peak 520.1  dev r 410.2 w
-    0.0 MiB/s``); below it the job's rate is a column chart in eighth blocks, newest at
-    the right, and the device's read and write rates are marked ``r`` and ``w`` (``*``
-    where both fall in one cell) in the columns where they differ from the job's bar.
-    Narrower than 20 cells or shorter than 4 lines, only the header line is shown.
+    0.0 MiB/s``, the job's rate being the one the job table shows; ``job avg 39.0 MiB/s
+    peak 52.1`` once it ended); below it the job's rate is a column chart in eighth
+    blocks, newest at the right, scaled so that the tallest column reaches the top line
+    and the top label names it, and the device's read and write rates are marked ``r``
+    and ``w`` (``*`` where both fall in one cell) in the columns where they differ from
+    the job's bar. Narrower than 20 cells or shorter than 4 lines, only the header line
+    is shown.
 
     Call ``set_samples`` from the UI thread (a message handler), never from a worker.
     """
@@ -161,7 +171,9 @@ class ThroughputGraph(Widget):
         """Create the graph showing ``no job selected`` until samples arrive."""
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         self._message: str | None = "no job selected"
-        self._key: tuple[int, Sample | None] | None = None
+        self._key: tuple[int, Sample | None, float | None, bool] | None = None
+        self._rate: float | None = None
+        self._ended = False
         self._times: list[float] = []
         self._rates: list[float] = []
         self._reads: list[float] = []
@@ -174,18 +186,30 @@ class ThroughputGraph(Widget):
         self._strips: list[Strip] | None = None
         self._strips_size: tuple[int, int] = (0, 0)
 
-    def set_samples(self, samples: Sequence[Sample]) -> None:
+    def set_samples(
+        self, samples: Sequence[Sample], rate: float | None = None, *, ended: bool = False
+    ) -> None:
         """Show these samples (oldest first), replacing the previous ones.
 
-        Repaints only when the count or the newest sample changed, so the caller may
-        pass the job's whole history on every tick. Only the newest ``MAX_SAMPLES``
-        are drawn.
+        Args:
+            rate: the job's rate for the headline, as the job table shows it (bytes/s
+                over the last seconds while it runs; its average once ``ended``). None:
+                the newest sample's rate. One half-second sample of a job that stores
+                4 MiB chunks is 0 or 8 MiB/s, never the 4 MiB/s it runs at.
+            ended: the job has ended: the headline says ``avg`` and leaves out the
+                device's rates (what the device did after the job says nothing of it).
+
+        Repaints only when the count, the newest sample or the headline changed, so the
+        caller may pass the job's whole history on every tick. Only the newest
+        ``MAX_SAMPLES`` are drawn.
         """
         count = len(samples)
-        key = (count, samples[-1] if count else None)
+        key = (count, samples[-1] if count else None, rate, ended)
         if key == self._key:  # ``clear`` resets the key, so its message never sticks
             return
         self._key = key
+        self._rate = None if rate is None else _rate(rate)
+        self._ended = ended
         start = max(0, count - MAX_SAMPLES)
         if isinstance(samples, list | tuple):
             kept: Sequence[Sample] = samples[start:]
@@ -273,10 +297,13 @@ class ThroughputGraph(Widget):
     def _header(self, width: int) -> list[_Part]:
         """Return the longest header that fits ``width`` (cropped if none does)."""
         rates = self._rates
-        current, peak = rates[-1], max(rates)
+        current = rates[-1] if self._rate is None else self._rate
+        peak = max(max(rates), current)
         earlier = rates[-1 - _TREND_WINDOW : -1]
         mean = sum(earlier) / len(earlier) if earlier else current
-        if current > mean * (1 + _TREND_TOLERANCE):
+        if self._ended:
+            arrow = "avg"  # a word, not a trend: the job's whole run
+        elif current > mean * (1 + _TREND_TOLERANCE):
             arrow = "▲"
         elif current < mean * (1 - _TREND_TOLERANCE):
             arrow = "▼"
@@ -291,13 +318,23 @@ class ThroughputGraph(Widget):
         job: list[_Part] = [("job ", "axis"), (f"{arrow} {now}", "job-bold")]
         dev: list[_Part] = [("r ", "read"), (read, "read"), (" w ", "write"), (write, "write")]
         units: _Part = (f" {unit_name}", "axis")
-        candidates: list[list[_Part]] = [
-            [*job, units, ("  peak ", "axis"), (top, ""), ("  dev ", "axis"), *dev, units],
-            [*job, ("  peak ", "axis"), (top, ""), ("  ", ""), *dev, units],
-            [(f"{arrow} {now}", "job-bold"), (" peak ", "axis"), (top, ""), (" ", ""), *dev, units],
-            [*job, units],
-            [(f"{arrow} {now}", "job-bold"), units],
-        ]
+        bare: list[_Part] = [(f"{arrow} {now}", "job-bold"), (" peak ", "axis"), (top, "")]
+        candidates: list[list[_Part]]
+        if self._ended:
+            candidates = [
+                [*job, units, ("  peak ", "axis"), (top, "")],
+                [*bare, units],
+                [*job, units],
+                [(f"{arrow} {now}", "job-bold"), units],
+            ]
+        else:
+            candidates = [
+                [*job, units, ("  peak ", "axis"), (top, ""), ("  dev ", "axis"), *dev, units],
+                [*job, ("  peak ", "axis"), (top, ""), ("  ", ""), *dev, units],
+                [*bare, (" ", ""), *dev, units],
+                [*job, units],
+                [(f"{arrow} {now}", "job-bold"), units],
+            ]
         for parts in candidates:
             if sum(len(text) for text, _ in parts) <= width:
                 return parts
@@ -337,11 +374,11 @@ class ThroughputGraph(Widget):
     def _chart(self, width: int, height: int, styles: dict[str, Style]) -> list[Strip]:
         """Return the chart lines, top first, then the time axis: ``height`` lines."""
         rows = height - 1
-        # A fixed gutter fits every label up to "1500M" or "0.75G", so the columns do not
+        # A fixed gutter fits every label up to "1010M" or "9.5G", so the columns do not
         # shift sideways when the scale changes; only absurd rates (exbibytes) widen it.
         gutter = _GUTTER
         columns = self._columns(width - gutter)
-        top, top_label, half_label = nice_scale(max(max(c.rate, c.read, c.write) for c in columns))
+        top, top_label, half_label = axis_scale(max(max(c.rate, c.read, c.write) for c in columns))
         if len(top_label) >= gutter:
             gutter = len(top_label) + 1
             columns = self._columns(width - gutter)

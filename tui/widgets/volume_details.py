@@ -61,9 +61,13 @@ class VolumeDetails(VerticalScroll):
         yield Static("backups (newest first)", classes="heading")
         yield Static("", id="volume-history")
 
+    def show_identity(self, dev: BlockDevice) -> None:
+        """Show what identifies ``dev`` (path, kind, size, fs, mount, uuid, backing file)."""
+        self.query_one("#volume-identity", Static).update("\n".join(identity_lines(dev)))
+
     def show_pending(self, dev: BlockDevice) -> None:
         """Show ``dev``'s identity while its findings and history load."""
-        self.query_one("#volume-identity", Static).update("\n".join(identity_lines(dev)))
+        self.show_identity(dev)
         self.query_one("#volume-findings", Static).update("checking…")
         self.query_one("#volume-history", Static).update("reading the repository…")
 
