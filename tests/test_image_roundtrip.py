@@ -229,3 +229,19 @@ def test_imagetofile_writes_a_sparse_file_that_mounts(loopkit, repo, tmp_path):
     dev = loopkit.attach(out, read_only=True)
     mp = loopkit.mount(dev, None, "ro")
     assert tree_digest(mp) == expected
+
+
+@pytest.mark.loop
+def test_a_backup_reports_its_rate_over_what_it_read_and_no_ratio_over_unread_space(
+    loopkit, repo
+):
+    """A sparse ext4: new chunks span unread free space, so no compression ratio is claimed."""
+    vol = loopkit.volume("256M", "ext4")
+    (vol.mount_point / "data.bin").write_bytes(os.urandom(3 << 20))
+    res = bv(repo, "backup", "image", str(vol.mount_point), "--json")
+    assert res.rc in (0, 8), res.err
+    doc = res.json()
+    assert doc["bytes_skipped"] > 0 and doc["compression_ratio"] is None
+    assert doc["throughput"] == pytest.approx(doc["bytes_read"] / doc["duration"], rel=0.05)
+    text = bv(repo, "backup", "image", str(vol.mount_point)).out
+    assert "read from device" in text and "×" not in text, text

@@ -87,19 +87,27 @@ class BackupReport(JobReport):
     findings: list[Finding] = field(default_factory=list)
 
     @property
-    def compression_ratio(self) -> float:
-        """Plain bytes of new chunks per stored byte (1.0 when nothing new)."""
-        return self.bytes_new / self.bytes_stored_new if self.bytes_stored_new else 1.0
+    def compression_ratio(self) -> float | None:
+        """Plain bytes of new chunks per stored byte; None when that would mislead.
+
+        A chunk spans unused space too, which is not read and stores as next to
+        nothing: once any space was skipped, the ratio of new chunks (×800, ×4000)
+        says nothing of how the data compressed, so none is given.
+        """
+        if self.bytes_skipped or not self.bytes_stored_new or not self.bytes_new:
+            return None
+        return self.bytes_new / self.bytes_stored_new
 
     @property
     def throughput(self) -> float:
-        """Bytes of the volume covered per second."""
-        return self.bytes_volume / self.duration if self.duration else 0.0
+        """Bytes read from the device per second (unused space is not read, not counted)."""
+        return self.bytes_read / self.duration if self.duration else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON report."""
         d = super().to_dict()
-        d["compression_ratio"] = round(self.compression_ratio, 3)
+        ratio = self.compression_ratio
+        d["compression_ratio"] = None if ratio is None else round(ratio, 3)
         d["throughput"] = round(self.throughput)
         return d
 

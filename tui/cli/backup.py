@@ -46,21 +46,22 @@ def image_rows(d: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("volume", f"{d['device']} ({d['target']})"),
         ("imagetype", d["imagetype"] + (" (fuzzy)" if d["fuzzy"] else "") + f", {d['provider']}"),
         ("volume size", human_size(d["bytes_volume"])),
-        ("read", human_size(d["bytes_read"])),
-        ("skipped (unused)", f"{human_size(d['bytes_skipped'])}  [{d['used_method']}]"),
-        ("zero", human_size(d["bytes_zero"])),
+        ("read from device", human_size(d["bytes_read"])),
+        ("not read (unused)", f"{human_size(d['bytes_skipped'])}  [{d['used_method']}]"),
+        ("zero, not stored", human_size(d["bytes_zero"])),
+        ("new chunk bytes", human_size(d["bytes_new"])),
         (
-            "stored new",
-            f"{human_size(d['bytes_stored_new'])} from {human_size(d['bytes_new'])}"
-            f" (×{d['compression_ratio']:.2f})",
+            "stored compressed",
+            human_size(d["bytes_stored_new"])
+            + (f" (×{d['compression_ratio']:.2f})" if d.get("compression_ratio") else ""),
         ),
-        ("deduplicated", human_size(d["bytes_dedup"])),
+        ("already stored", human_size(d["bytes_dedup"])),
         (
             "chunks",
             f"{d['chunks']} ({d['chunks_new']} new, {d['chunks_dedup']} dedup, "
             f"{d['chunks_zero']} zero)",
         ),
-        ("duration", f"{d['duration']:.2f} s ({human_size(int(d['throughput']))}/s)"),
+        ("duration", f"{d['duration']:.2f} s ({human_size(int(d['throughput']))}/s read)"),
     ]
 
 

@@ -95,9 +95,8 @@ def _compression(plain: object, stored: object, read: object) -> Rows:
 def _image_rows(doc: Mapping[str, Any]) -> Rows:
     rows = _rows(doc, tuple((k, label, True) for k, label in IMAGE_SIZES))
     rows += _rows(doc, tuple((k, label, False) for k, label in IMAGE_COUNTS))
-    return rows + _compression(
-        doc.get("bytes_new"), doc.get("bytes_stored_new"), doc.get("bytes_read")
-    )
+    ratio = doc.get("compression_ratio")  # core gives none where unread space is in it
+    return rows + ([("compression", f"×{ratio:.2f}")] if isinstance(ratio, float) else [])
 
 
 def _increment_rows(doc: Mapping[str, Any]) -> Rows:
