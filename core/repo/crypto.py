@@ -8,7 +8,8 @@ in one or more *slots*: AES-256-GCM under a key derived from a passphrase with
 Argon2id (or under a key file's key). Changing a passphrase rewraps; no data moves.
 
 A sealed object is ``BVE1 | cipher | salt(16) | nonce(12) | ciphertext+tag |
-BLAKE3(all before)``. Each object gets its own key, the keyed BLAKE3 of its random
+BLAKE3(all before)``. Opening checks the AEAD tag (which covers every byte but the
+checksum), not the checksum again. Each object gets its own key, the keyed BLAKE3 of its random
 salt under the data key, so no (key, nonce) pair ever repeats however many objects a
 repository holds; the object's key (``chunks/…``, ``images/…``) is the associated
 data, so an object moved to another name does not open. The trailing BLAKE3 covers
@@ -98,20 +99,24 @@ class Keys:
             DamagedObject: the object is damaged (its BLAKE3), or does not open with
                 these keys under this name (forged, moved, or another repository's).
         """
-        body = check_sealed(name, stored)
+        # The AEAD tag authenticates every byte that matters: the trailing checksum (for
+        # those without the key) need not be computed again here.
+        if len(stored) < OVERHEAD or stored[: len(SEALED_MAGIC)] != SEALED_MAGIC:
+            raise DamagedObject(f"{name} is damaged: not a sealed object")
+        body = memoryview(stored)[:-TRAILER_BYTES]
         number = body[len(SEALED_MAGIC)]
         if number not in BY_NUMBER:
             raise DamagedObject(f"{name} is damaged: unknown cipher {number}")
         cls = BY_NUMBER[number][1]
-        head = body[:HEAD_BYTES]
+        head = bytes(body[:HEAD_BYTES])
         salt = head[len(SEALED_MAGIC) + 1 : len(SEALED_MAGIC) + 1 + SALT_BYTES]
         nonce = head[-NONCE_BYTES:]
         try:
             return cls(self._object_key(salt)).decrypt(nonce, body[HEAD_BYTES:], _aad(name, head))
         except InvalidTag:
             raise DamagedObject(
-                f"{name} does not open with this repository's keys (forged, or moved from "
-                "another name)"
+                f"{name} is damaged, forged or moved from another name: it does not open "
+                "with this repository's keys"
             ) from None
 
     def _object_key(self, salt: bytes) -> bytes:
