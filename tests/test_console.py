@@ -774,3 +774,60 @@ def test_reattached_console_selects_the_running_job_and_keeps_it_in_view(
         look((160, 50), large)
         assert submitter.view(running).state is JobState.RUNNING
     assert submitter.wait(running, timeout=60).state is JobState.DONE
+
+
+# --- an encrypted repository's passphrase (issue 14) -----------------------------------------
+
+
+@pytest.mark.parametrize("answer", ["passphrase", "escape"])
+def test_the_console_asks_an_encrypted_repository_s_passphrase_once(loopkit, tmp_path, answer):
+    """Typed without echo in a dialog the first read opens; Esc leaves it locked, asked no more."""
+    from cliutil import blockvault
+
+    from tui.screens.passphrase import PassphraseScreen
+
+    vol = loopkit.volume("32M", "ext4")
+    repo = str(tmp_path / "vault")
+    pw = tmp_path / "pw"
+    pw.write_text("console secret\n")
+    env = {"BLOCKVAULT_PASSPHRASE_FILE": str(pw)}
+    made = blockvault("repo", "init", "--repo", repo, "--encryption", "aes-256-gcm", env=env)
+    assert made.rc == 0, made.err
+    made = blockvault(
+        "backup", "image", str(vol.mount_point), "--repo", repo, "--no-agent", env=env
+    )
+    assert made.rc in (0, 8), made.err
+    services = CoreServices(repo)
+    app = BlockvaultApp(services=services, watch_devices=False, theme="blockvault-dark")
+
+    async def dialog(pilot: Pilot) -> PassphraseScreen | None:
+        for _ in range(200):
+            if isinstance(app.screen, PassphraseScreen):
+                return app.screen
+            await pilot.pause(0.05)
+        return None
+
+    async def main() -> None:
+        async with app.run_test(size=SIZE) as pilot:
+            asked = await dialog(pilot)
+            assert asked is not None, "no passphrase dialog"
+            box = asked.query_one("#passphrase", Input)
+            assert box.password  # no echo
+            if answer == "passphrase":
+                await type_text(pilot, "console secret")
+                await pilot.press("enter")
+            else:
+                await pilot.press("escape")
+            await settle(app, pilot)
+            await pick_device(app, pilot, vol.device)
+            assert not isinstance(app.screen, PassphraseScreen)  # asked once
+            text = shown(app.query_one("#volume-history", Static))
+            if answer == "passphrase":
+                assert text.count("■ image") == 1, text
+            else:
+                assert "is encrypted" in text and "■ image" not in text, text
+
+    try:
+        asyncio.run(main())
+    finally:
+        services.close()

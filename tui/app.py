@@ -25,12 +25,14 @@ from textual.worker import Worker, WorkerState
 
 from core.errors import BlockvaultError
 from core.jobs import BackupSpec, JobSpec, JobState, JobView, RestoreSpec
+from core.repo.sealed import set_prompt
 from tui.format import job_rate
 from tui.messages import DevicesScanned, HistoryLoaded, JobChanged, VolumeChecked
 from tui.screens.actions import ActionsScreen
 from tui.screens.backup_dialog import BackupDialog
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen
+from tui.screens.passphrase import PassphraseScreen
 from tui.screens.restore_wizard import RestoreWizard
 from tui.services import CoreServices
 from tui.themes import DEFAULT_THEME, load_themes, pick_default
@@ -84,6 +86,8 @@ class BlockvaultApp(App[int]):
         watch_devices: bool = True,
     ) -> None:
         super().__init__()
+        self._ui_thread = threading.get_ident()
+        self._passphrase_refused = False
         self.services = services if services is not None else CoreServices()
         self.jobs = self.services.jobs
         self.read_only = read_only
@@ -134,6 +138,8 @@ class BlockvaultApp(App[int]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
+        self._ui_thread = threading.get_ident()
+        set_prompt(self.ask_passphrase)
         self.query_one("#filter", Input).display = False
         if self.animation_level == "none":  # over SSH a blinking cursor is a repaint a second
             self.query_one("#filter", Input).cursor_blink = False
@@ -154,12 +160,37 @@ class BlockvaultApp(App[int]):
         self.action_refresh()
 
     def on_unmount(self) -> None:
+        set_prompt(None)
         self._unsubscribe()
+
+    def ask_passphrase(self, what: str) -> bytes | None:
+        """Ask for an encrypted repository's passphrase; called from a worker thread.
+
+        Never from the UI thread (it would wait on itself), and not again once the user
+        left it locked, until the next rescan (``r``).
+        """
+        if threading.get_ident() == self._ui_thread or self._passphrase_refused:
+            return None
+        answer: list[bytes | None] = []
+        done = threading.Event()
+
+        def got(value: bytes | None) -> None:
+            answer.append(value)
+            done.set()
+
+        self.call_from_thread(self.push_screen, PassphraseScreen(what), got)
+        while not done.wait(0.2):
+            if not self.is_running:
+                return None
+        if answer[0] is None:
+            self._passphrase_refused = True
+        return answer[0]
 
     # --- devices ----------------------------------------------------------------------------
 
     def action_refresh(self) -> None:
-        """Rescan the machine's block devices in a worker."""
+        """Rescan the machine's block devices in a worker (and ask a passphrase again)."""
+        self._passphrase_refused = False
         self.scan_devices()
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="scan")

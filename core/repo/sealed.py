@@ -13,6 +13,7 @@ process asks once.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from core.repo.repository import RepoConfig
 
 unlocked: dict[str, Keys] = {}
+_unlocking = threading.Lock()
 """The keys this process unwrapped, by repository id."""
 _prompt: Prompt | None = None
 
@@ -62,6 +64,12 @@ def unlock(location: str, config: RepoConfig) -> Keys:
     cached = unlocked.get(config.id)
     if cached is not None:
         return cached
+    with _unlocking:  # one question at a time: a second thread then finds the keys
+        cached = unlocked.get(config.id)
+        return cached if cached is not None else _unlock(location, config, sealed)
+
+
+def _unlock(location: str, config: RepoConfig, sealed: dict[str, object]) -> Keys:
     cipher = str(sealed.get("cipher"))
     key_file = os.environ.get(KEY_FILE_ENV)
     if key_file:
