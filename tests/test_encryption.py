@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cliutil import blockvault
 from imagekit import device_digest
+from test_agent import agents  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.loop
 
@@ -244,3 +245,36 @@ def test_chunk_ids_are_keyed_so_equal_data_has_other_names_in_other_repositories
     plain_names = {p.name for p in (plain / "chunks").rglob("*") if p.is_file()}
     assert len(plain_names) == 2 and all(len(n) == 2 for n in names)
     assert not (names[0] & names[1]) and not (names[0] & plain_names)
+
+
+def test_the_agent_takes_the_passphrase_once_and_keeps_only_the_keys(
+    loopkit,
+    agents,  # noqa: F811  (the fixture imported above)
+):
+    """Handed over its socket (as the console does after asking), never stored or logged."""
+    from core.errors import BlockvaultError
+    from core.jobs import BackupSpec, JobState
+
+    secret = "agent passphrase 9e1c"
+    pw = agents.tmp / "pw"
+    pw.write_text(secret + "\n")
+    repo = agents.tmp / "repo"
+    made = blockvault(
+        "repo", "init", "--repo", str(repo), "--encryption", "aes-256-gcm",
+        env={"BLOCKVAULT_PASSPHRASE_FILE": str(pw)},
+    )  # fmt: skip
+    assert made.rc == 0, made.err
+    source = loopkit.volume("8M", None)
+    agent = agents.start()
+    client = agents.client(agent)
+
+    locked = client.wait(client.submit(BackupSpec(source.device)), timeout=60)
+    assert locked.state is JobState.FAILED and "is encrypted" in (locked.error or "")
+    with pytest.raises(BlockvaultError, match="opens none of the keys"):
+        client.unlock(b"not the passphrase")
+    assert client.unlock(secret.encode())
+    done = client.wait(client.submit(BackupSpec(source.device)), timeout=60)
+
+    assert done.state is JobState.DONE, done.error
+    kept = b"".join(p.read_bytes() for p in agents.tmp.rglob("*") if p.is_file() and p != pw)
+    assert secret.encode() not in kept

@@ -9,6 +9,7 @@ second, so the UI never works through a backlog while a backup runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -23,6 +24,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, TabbedContent, TabPane, Tree
 from textual.worker import Worker, WorkerState
 
+from core.agent.client import AgentClient
 from core.errors import BlockvaultError
 from core.jobs import BackupSpec, JobSpec, JobState, JobView, RestoreSpec
 from core.repo.sealed import set_prompt
@@ -184,6 +186,10 @@ class BlockvaultApp(App[int]):
                 return None
         if answer[0] is None:
             self._passphrase_refused = True
+        elif isinstance(self.jobs, AgentClient):
+            # The agent runs the jobs: it needs the keys too (it checks the passphrase).
+            with contextlib.suppress(BlockvaultError):
+                self.jobs.unlock(answer[0])
         return answer[0]
 
     # --- devices ----------------------------------------------------------------------------

@@ -265,6 +265,11 @@ class AgentClient(Jobs):
                 self._follower.start()
         return unsubscribe
 
+    def unlock(self, passphrase: bytes) -> bool:
+        """Hand the agent its encrypted repository's passphrase; True when it opened it."""
+        doc = self._json("POST", "/v1/unlock", {"passphrase": passphrase.decode()})
+        return bool(doc.get("unlocked"))
+
     def submit(self, spec: JobSpec) -> str:
         """Queue ``spec`` in the agent; return the job's id (the agent has stored it)."""
         return str(self._json("POST", "/v1/jobs", spec_to_dict(spec))["id"])

@@ -242,6 +242,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if route == ["events"] and method == "GET":
             self._events(queue)
             return 0, None
+        if route == ["unlock"] and method == "POST":
+            return 200, self._unlock(body)
         if route == ["jobs"] and method == "GET":
             return 200, {"jobs": [view_to_dict(v, samples=False) for v in queue.views()]}
         if route == ["jobs"] and method == "POST":
@@ -267,6 +269,26 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 queue.flush()
                 return 201, {"id": new_id}
         raise _HttpError(404, f"no {method} {path}")
+
+    def _unlock(self, body: Any) -> dict[str, Any]:
+        """Take the passphrase of the agent's encrypted repository; keep only its keys.
+
+        The console that asked a person for it hands it on, so jobs need no passphrase
+        file. Only the keys stay, in this process's memory; the passphrase is never
+        logged or stored.
+        """
+        from core.repo.repository import Repository
+        from core.repo.sealed import unlock_with
+
+        passphrase = body.get("passphrase") if isinstance(body, dict) else None
+        if not isinstance(passphrase, str) or not 0 < len(passphrase) <= 4096:
+            raise _HttpError(400, "send {\"passphrase\": \"…\"} (1 to 4096 characters)")
+        repo = Repository.open(self.server.repo, create=False, locked=True)
+        if not repo.encrypted:
+            return {"unlocked": False, "encrypted": False}
+        if unlock_with(repo.location, repo.config, passphrase.encode()) is None:
+            raise _HttpError(403, f"the passphrase opens none of the keys of {repo.location}")
+        return {"unlocked": True, "encrypted": True}
 
     def _body(self) -> Any:
         """Return the request's JSON body (:data:`_NO_BODY` without one), read with bounds.

@@ -104,6 +104,19 @@ def _unlock(location: str, config: RepoConfig, sealed: dict[str, object]) -> Key
     return opened
 
 
+def unlock_with(location: str, config: RepoConfig, passphrase: bytes) -> Keys | None:
+    """Return (and keep in memory) the keys ``passphrase`` opens, else None.
+
+    For a process that is handed the passphrase (the agent, by the console that asked
+    for it) rather than reading it from its environment.
+    """
+    with _unlocking:
+        keys = open_slot(config, passphrase)
+        if keys is not None:
+            unlocked[config.id] = keys
+        return keys
+
+
 def open_slot(config: RepoConfig, passphrase: bytes) -> Keys | None:
     """Return the keys when ``passphrase`` opens one of ``config``'s slots, else None."""
     sealed = config.encryption
@@ -157,4 +170,6 @@ class SealedStore:
         self.inner.sync()
 
 
-__all__ = ["SealedStore", "forget_keys", "open_slot", "set_prompt", "unlock"]
+__all__ = [
+    "SealedStore", "forget_keys", "open_slot", "set_prompt", "unlock", "unlock_with"
+]
