@@ -98,20 +98,24 @@ def record(kind: str, target: str, device: str, *, book: str = "") -> UndoRecord
     path = folder / f"{rec.name}.json"
     # The writer's pid and start time in the name: a temporary file too empty to say
     # whose it is still tells whether its writer is alive.
-    tmp = folder / f"{rec.name}.{pid}-{rec.pid_start}.tmp"
+    write_durably(folder / f"{rec.name}.{pid}-{rec.pid_start}.tmp", path, asdict(rec))
+    return rec
+
+
+def write_durably(tmp: Path, path: Path, doc: dict[str, object]) -> None:
+    """Write ``doc`` as JSON to ``path``, whole or not at all, and durable when this returns.
+
+    Through ``tmp`` (created exclusively, never through a symlink), fsynced, renamed
+    into place, and the directory fsynced.
+    """
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, json.dumps(asdict(rec)).encode())
+        os.write(fd, json.dumps(doc).encode())
         os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp, path)
-    _fsync_dir(folder)
-    return rec
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:

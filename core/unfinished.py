@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.devices import BlockDevice
-from core.undo import start_time
+from core.undo import start_time, write_durably
 
 STATE_ENV = "BLOCKVAULT_STATE_DIR"
 DEFAULT_STATE_DIR = "/var/lib/blockvault"
@@ -128,15 +128,7 @@ def begin(dev: BlockDevice, image_id: str, increment_id: str | None = None) -> R
         start_time(pid),
         secrets.token_hex(8),
     )
-    tmp = folder / f"{mark.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, json.dumps(asdict(mark)).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, folder / f"{mark.name}.json")
-    _fsync(folder)
+    write_durably(folder / f"{mark.name}.tmp", folder / f"{mark.name}.json", asdict(mark))
     _remove(m for m in marks() if m.identity == mark.identity and m.name != mark.name)
     return mark
 
@@ -158,10 +150,3 @@ def _remove(gone: Iterable[RestoreMark]) -> None:
     for m in gone:
         (folder / f"{m.name}.json").unlink(missing_ok=True)
 
-
-def _fsync(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

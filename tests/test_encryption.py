@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cliutil import blockvault
 from imagekit import device_digest
-from test_agent import agents  # noqa: F401  (the fixture)
+from test_agent import agents, raw_volume  # noqa: F401  (agents: the fixture)
 
 pytestmark = pytest.mark.loop
 
@@ -89,9 +89,7 @@ def test_no_content_name_or_key_is_in_the_repository_and_it_restores(loopkit, tm
 
 def test_a_wrong_or_missing_passphrase_is_one_line_and_writes_nothing(loopkit, tmp_path):
     vault = Vault(tmp_path)
-    source = loopkit.volume("16M", None)
-    with open(source.device, "r+b") as f:
-        f.write(os.urandom(16 * MIB))
+    source = raw_volume(loopkit, 16)
     assert vault.bv("backup", "image", source.device).rc in (0, 8)
     dest = loopkit.attach(loopkit.image("16M"))
     before = device_digest(dest)
@@ -133,9 +131,7 @@ def test_a_flipped_byte_in_any_object_is_found_with_and_without_the_key(loopkit,
 
 def test_a_damaged_chunk_stops_the_restore_before_it_is_written(loopkit, tmp_path):
     vault = Vault(tmp_path)
-    source = loopkit.volume("12M", None)
-    with open(source.device, "r+b") as f:
-        f.write(os.urandom(12 * MIB))
+    source = raw_volume(loopkit, 12)
     assert vault.bv("backup", "image", source.device).rc in (0, 8)
     chunks = sorted(p for p in (vault.path / "chunks").rglob("*") if p.is_file())
     for victim in chunks:  # every chunk flipped: the first one read stops the restore
@@ -155,9 +151,7 @@ def test_a_damaged_chunk_stops_the_restore_before_it_is_written(loopkit, tmp_pat
 def test_an_object_moved_to_another_name_does_not_open(loopkit, tmp_path):
     """The name is authenticated: swapping two sealed chunks is found by --read-data."""
     vault = Vault(tmp_path)
-    source = loopkit.volume("12M", None)
-    with open(source.device, "r+b") as f:
-        f.write(os.urandom(12 * MIB))
+    source = raw_volume(loopkit, 12)
     assert vault.bv("backup", "image", source.device).rc in (0, 8)
     a, b = sorted(p for p in (vault.path / "chunks").rglob("*") if p.is_file())[:2]
     da, db = a.read_bytes(), b.read_bytes()
@@ -231,9 +225,7 @@ def test_an_exported_key_file_opens_the_repository_without_a_passphrase(loopkit,
 def test_chunk_ids_are_keyed_so_equal_data_has_other_names_in_other_repositories(
     loopkit, tmp_path
 ):
-    source = loopkit.volume("8M", None)
-    with open(source.device, "r+b") as f:
-        f.write(os.urandom(8 * MIB))
+    source = raw_volume(loopkit, 8)
     plain = tmp_path / "plain"
     assert blockvault("backup", "image", source.device, "--repo", str(plain), "--no-agent").rc == 0
     names = []

@@ -17,6 +17,7 @@ import pytest
 from cliutil import blockvault
 from fusekit import drop_cached, failing_file, physical_ranges
 from loopkit import run
+from test_agent import raw_volume
 
 pytestmark = pytest.mark.loop
 MIB = 1 << 20
@@ -100,9 +101,7 @@ def test_a_target_that_fails_to_write_stops_the_restore_naming_what_is_written(
     which a real disk's driver does not lose. A request wholly inside the range fails.
     """
     dev, set_bad = failing
-    source = loopkit.volume("12M", None)
-    with open(source.device, "r+b") as f:
-        f.write(os.urandom(12 * MIB))
+    source = raw_volume(loopkit, 12)
     repo = tmp_path / "repo"
     assert bv(repo, "backup", "image", source.device).rc == 0
     set_bad((chunk * 4 * MIB, (chunk + 1) * 4 * MIB))
@@ -170,9 +169,7 @@ def test_a_chunk_the_repository_disk_fails_to_read_stops_the_restore_in_one_line
     loopkit, tmp_path
 ):
     """EIO reading a chunk file: rc 12, the chunk and image byte named, the target's state."""
-    source = loopkit.volume("16M", None)
-    with open(source.device, "r+b") as f:
-        f.write(os.urandom(16 * MIB))
+    source = raw_volume(loopkit, 16)
     with failing_device(tmp_path, 64 * MIB) as (dev, set_bad):
         run("mkfs.ext4", "-q", "-F", dev)
         with mounted(dev, tmp_path / "mnt") as mnt:

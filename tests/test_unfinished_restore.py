@@ -8,12 +8,12 @@ device that looks like any other. Its mark — image and time — is reported by
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 from cliutil import ROOT, blockvault
+from test_agent import raw_volume
 
 from core import unfinished
 
@@ -37,13 +37,6 @@ restore_image(manifest, sys.argv[3], repo, confirm=sys.argv[3], progress=progres
 """
 
 
-def random_volume(loopkit, size_mib: int):
-    vol = loopkit.volume(f"{size_mib}M", None)
-    with open(vol.device, "r+b") as f:
-        f.write(os.urandom(size_mib * MIB))
-    return vol
-
-
 def findings(res) -> dict[str, str]:
     return {f["code"]: f["message"] for f in res.json()["findings"]}
 
@@ -63,7 +56,7 @@ def kill_a_restore(repo: str, image_id: str, dest: str) -> None:
 def test_a_killed_restore_is_named_by_check_volume_and_the_next_restore_until_one_finishes(
     loopkit, tmp_path
 ):
-    source = random_volume(loopkit, 64)
+    source = raw_volume(loopkit, 64)
     repo = str(tmp_path / "repo")
     image = blockvault("backup", "image", source.device, "--repo", repo, "--json")
     assert image.rc == 0, image.err
@@ -88,7 +81,7 @@ def test_a_killed_restore_is_named_by_check_volume_and_the_next_restore_until_on
 
 def test_a_restore_stopped_by_a_damaged_chunk_leaves_the_mark(loopkit, tmp_path):
     """Not only a kill: a restore that failed after writing leaves the device partly written."""
-    source = random_volume(loopkit, 16)
+    source = raw_volume(loopkit, 16)
     repo = tmp_path / "repo"
     image = blockvault("backup", "image", source.device, "--repo", str(repo), "--json")
     assert image.rc == 0, image.err
@@ -109,7 +102,7 @@ def test_a_restore_stopped_by_a_damaged_chunk_leaves_the_mark(loopkit, tmp_path)
 
 def test_another_file_behind_the_same_loop_node_is_not_the_device_of_the_mark(loopkit, tmp_path):
     """A mark is about a device, not a node: a loop device re-attached to another file is clean."""
-    source = random_volume(loopkit, 32)
+    source = raw_volume(loopkit, 32)
     repo = str(tmp_path / "repo")
     image = blockvault("backup", "image", source.device, "--repo", repo, "--json")
     assert image.rc == 0, image.err
