@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.devices import BlockDevice
+from core.statedir import state_dir
 from core.undo import start_time, write_durably
 
-STATE_ENV = "BLOCKVAULT_STATE_DIR"
-DEFAULT_STATE_DIR = "/var/lib/blockvault"
 MAX_MARK = 64 * 1024
 """A mark is a few hundred bytes; a file larger than this is not read."""
 
@@ -61,7 +60,7 @@ class RestoreMark:
 
 def marks_dir() -> Path:
     """Return the directory of marks (below ``$BLOCKVAULT_STATE_DIR`` or /var/lib/blockvault)."""
-    return Path(os.environ.get(STATE_ENV) or DEFAULT_STATE_DIR) / "unfinished"
+    return Path(state_dir()) / "unfinished"
 
 
 def identity(dev: BlockDevice) -> str:

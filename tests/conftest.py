@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from loopkit import REQUIRE_ENV, LoopKit, kit_leftovers, loop_unavailable_reason
+from serverkit import RepoServer
 
 KIT_ROOT = Path("/tmp/blockvault-tests") / f"run-{os.getpid()}"
 
@@ -79,3 +80,36 @@ def loopkit(request: pytest.FixtureRequest) -> Iterator[LoopKit]:
 def blockvault_cli() -> list[str]:
     """The command that runs the CLI of this checkout."""
     return [sys.executable, "-m", "tui.cli"]
+
+
+@pytest.fixture
+def repo_server(tmp_path: Path) -> Iterator[RepoServer]:
+    """A real ``blockvault serve`` (TLS, 127.0.0.1) over a datastore of this test; stopped after."""
+    server = RepoServer(tmp_path / "server")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def server_repository(server: RepoServer, monkeypatch: pytest.MonkeyPatch, node: str = "node1",
+                      encryption: str = "none") -> str:
+    """Make the server's repository as ``node`` and point this process's clients at it."""
+    for name, value in server.client_env(node).items():
+        monkeypatch.setenv(name, value)
+    res = server.bv(node, "repo", "init", "--encryption", encryption)
+    assert res.rc == 0, res.out + res.err
+    return server.url
+
+
+@pytest.fixture(params=["directory", "server"])
+def repo_location(request: pytest.FixtureRequest, tmp_path: Path,
+                  monkeypatch: pytest.MonkeyPatch) -> str:
+    """A repository location: a directory (made on first use), or a fresh repository server's.
+
+    Tests that take it run once against each backend; with the server, this process's
+    environment names the node, its token file and the pinned fingerprint.
+    """
+    if request.param == "directory":
+        return str(tmp_path / "repo")
+    return server_repository(request.getfixturevalue("repo_server"), monkeypatch)

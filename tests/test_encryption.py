@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cliutil import blockvault
 from imagekit import device_digest
+from serverkit import RepoServer
 from test_agent import agents, raw_volume  # noqa: F401  (agents: the fixture)
 
 pytestmark = pytest.mark.loop
@@ -24,18 +25,31 @@ NAMES = ("quarterly-salaries.ods", "private-diary")
 class Vault:
     """An encrypted repository and the passphrase files of its tests."""
 
-    def __init__(self, tmp_path: Path, cipher: str = "aes-256-gcm") -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        cipher: str = "aes-256-gcm",
+        server: RepoServer | None = None,
+    ) -> None:
         self.path = tmp_path / "vault"
+        self.location = str(self.path)
+        self.holds = self.path
+        """Where the repository's bytes lie: the directory, or the server's datastore."""
+        if server is not None:
+            self.location, self.holds = server.url, server.store
         self.pw = tmp_path / "pw"
         self.pw.write_text("correct horse battery staple\n")
         self.env = {"BLOCKVAULT_PASSPHRASE_FILE": str(self.pw)}
+        if server is not None:
+            self.env.update(server.client_env("node1"))
         res = self.bv("repo", "init", "--encryption", cipher)
         assert res.rc == 0, res.out + res.err
 
     def bv(self, *args: str, env: dict[str, str] | None = None, json: bool = True):
         extra = ["--json"] if json else []
         return blockvault(
-            *args, "--repo", str(self.path), *extra, env=env or self.env, timeout=120
+            *args, "--repo", self.location, *extra, env={**self.env, **(env or {})},
+            timeout=120,
         )
 
     def with_passphrase(self, text: str) -> dict[str, str]:
@@ -44,7 +58,7 @@ class Vault:
         return {"BLOCKVAULT_PASSPHRASE_FILE": str(other)}
 
     def files(self) -> list[Path]:
-        return sorted(p for p in self.path.rglob("*") if p.is_file())
+        return sorted(p for p in self.holds.rglob("*") if p.is_file())
 
 
 def secret_volume(loopkit):
@@ -58,7 +72,17 @@ def secret_volume(loopkit):
 
 @pytest.mark.parametrize("cipher", ["aes-256-gcm", "chacha20-poly1305"])
 def test_no_content_name_or_key_is_in_the_repository_and_it_restores(loopkit, tmp_path, cipher):
-    vault = Vault(tmp_path, cipher)
+    no_content_name_or_key_and_it_restores(loopkit, Vault(tmp_path, cipher))
+
+
+def test_no_content_name_or_key_is_in_a_servers_datastore_and_it_restores(
+    loopkit, tmp_path, repo_server
+):
+    """Through a real ``blockvault serve``: the datastore (and the server) see only sealed bytes."""
+    no_content_name_or_key_and_it_restores(loopkit, Vault(tmp_path, server=repo_server))
+
+
+def no_content_name_or_key_and_it_restores(loopkit, vault: Vault) -> None:
     vol = secret_volume(loopkit)
     image = vault.bv("backup", "image", str(vol.mount_point))
     assert image.rc in (0, 8), image.out + image.err
@@ -164,10 +188,12 @@ def test_an_object_moved_to_another_name_does_not_open(loopkit, tmp_path):
     assert sum("does not open" in f["message"] for f in res.json()["findings"]) == 2
 
 
+@pytest.mark.parametrize("where", ["directory", "server"])
 def test_passwd_rewraps_without_rewriting_data_and_a_removed_copy_no_longer_opens(
-    loopkit, tmp_path
+    loopkit, tmp_path, request, where
 ):
-    vault = Vault(tmp_path)
+    server = request.getfixturevalue("repo_server") if where == "server" else None
+    vault = Vault(tmp_path, server=server)
     vol = secret_volume(loopkit)
     assert vault.bv("backup", "image", str(vol.mount_point)).rc in (0, 8)
     objects = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in vault.files()}

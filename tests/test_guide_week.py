@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from cliutil import blockvault
 from imagekit import device_digest
+from serverkit import datastore_of
 
 from core.repo.repository import Repository
 
@@ -61,9 +62,12 @@ def pit_args(finished: str) -> list[str]:
 
 
 @pytest.fixture
-def week(loopkit, tmp_path):
-    """Monday to Thursday as in the guide; returns the volume, repo, states and reports."""
-    repo = str(tmp_path / "repo")
+def week(loopkit, repo_location):
+    """Monday to Thursday as in the guide; returns the volume, repo, states and reports.
+
+    Run twice: on a directory, and through a real repository server.
+    """
+    repo = repo_location
     vol = loopkit.volume("64M", "ext4")
     mp = vol.mount_point
     t0 = 1_700_000_000_000_000_000
@@ -196,7 +200,8 @@ def test_query_backup_lists_a_files_versions(week):
 
 
 def test_prune_keeps_what_increments_need_and_check_verifies_them(week):
-    _, repo, days, _ = week
+    _, location, days, _ = week
+    repo = datastore_of(location)  # a server's datastore is pruned on the server host
     pruned = bv(repo, "repo", "prune", "--json").json()
     assert pruned["chunks_deleted"] == 0
     check = bv(repo, "repo", "check", "--json")
@@ -222,7 +227,7 @@ def test_a_missing_increment_fails_the_restore_of_its_time_and_repo_check_names_
     vol, repo, days, states = week
     wednesday = days["wednesday"]["increment_id"]
     pit = pit_args(finished(repo, days["wednesday"]))
-    Path(repo, "increments", wednesday[:2], wednesday).unlink()
+    Path(datastore_of(repo), "increments", wednesday[:2], wednesday).unlink()
     dest = loopkit.attach(loopkit.image("64M"))
     before = device_digest(dest)
 

@@ -1,6 +1,8 @@
 """Image backup and restore on real loop devices: round trips, dedup, versions, damage.
 
-Every destination is a loop device this test attached to a file it created.
+Every destination is a loop device this test attached to a file it created. Tests
+taking ``repo`` run twice: on a directory, and through a real ``blockvault serve``
+(TLS on 127.0.0.1); those taking ``dir_repo`` look into the directory itself.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ pytestmark = pytest.mark.loop
 
 
 @pytest.fixture
-def repo(tmp_path) -> str:
+def repo(repo_location) -> str:
+    return repo_location
+
+
+@pytest.fixture
+def dir_repo(tmp_path) -> str:
     return str(tmp_path / "repo")
 
 
@@ -130,65 +137,65 @@ def test_unchanged_volume_stores_almost_nothing_new(loopkit, repo):
     assert second["chunks_dedup"] >= first["chunks_new"] - 2
 
 
-def test_static_backup_refused_while_a_process_writes(loopkit, repo):
+def test_static_backup_refused_while_a_process_writes(loopkit, dir_repo):
     vol = loopkit.volume("32M", "ext4")
     target = vol.mount_point / "busy.log"
     with holder(f"f = open({str(target)!r}, 'w')") as p:
-        res = bv(repo, "backup", "image", vol.device, "--imagetype", "static")
+        res = bv(dir_repo, "backup", "image", vol.device, "--imagetype", "static")
     assert res.rc == 12
     assert f"pid {p.pid}" in res.err
-    assert not os.path.exists(repo)  # a refused first backup leaves no repository behind
+    assert not os.path.exists(dir_repo)  # a refused first backup leaves no repository behind
     (vol.mount_point / "rw.txt").write_text("writable")  # still read-write
 
 
-def test_versions_beyond_keep_become_inactive_and_prune_frees_chunks(loopkit, repo):
+def test_versions_beyond_keep_become_inactive_and_prune_frees_chunks(loopkit, dir_repo):
     vol = loopkit.volume("32M", None)
-    assert bv(repo, "repo", "init", "--keep-versions", "2").rc == 0
+    assert bv(dir_repo, "repo", "init", "--keep-versions", "2").rc == 0
     ids = []
     for _ in range(3):
         with open(vol.device, "r+b") as f:  # each version has its own first chunk
             f.write(os.urandom(4 << 20))
-        ids.append(bv(repo, "backup", "image", vol.device, "--json").json()["image_id"])
-    active = bv(repo, "query", "image", vol.device, "--json").json()["images"]
+        ids.append(bv(dir_repo, "backup", "image", vol.device, "--json").json()["image_id"])
+    active = bv(dir_repo, "query", "image", vol.device, "--json").json()["images"]
     assert [e["id"] for e in active] == [ids[2], ids[1]]
-    everything = bv(repo, "query", "image", vol.device, "--inactive", "--json").json()["images"]
+    everything = bv(dir_repo, "query", "image", vol.device, "--inactive", "--json").json()["images"]
     assert [(e["id"], e["active"]) for e in everything][-1] == (ids[0], False)
-    assert bv(repo, "delete", "backup", vol.device, "--objtype", "image", "--inactive").rc == 0
-    pruned = bv(repo, "repo", "prune", "--json").json()
+    assert bv(dir_repo, "delete", "backup", vol.device, "--objtype", "image", "--inactive").rc == 0
+    pruned = bv(dir_repo, "repo", "prune", "--json").json()
     assert pruned["chunks_deleted"] == 1  # the first chunk only the first image had
-    assert bv(repo, "repo", "check").rc == 0
+    assert bv(dir_repo, "repo", "check").rc == 0
     # The remaining newest image still restores exactly.
     dest = loopkit.attach(loopkit.image("32M"))
-    assert bv(repo, "restore", "image", vol.device, dest, "--confirm", dest).rc == 0
+    assert bv(dir_repo, "restore", "image", vol.device, dest, "--confirm", dest).rc == 0
     assert device_digest(dest) == device_digest(vol.device)
 
 
-def test_damaged_chunk_is_named_by_check_and_stops_restore(loopkit, repo):
+def test_damaged_chunk_is_named_by_check_and_stops_restore(loopkit, dir_repo):
     vol = loopkit.volume("16M", None)
     with open(vol.device, "r+b") as f:
         f.write(os.urandom(16 << 20))
-    assert bv(repo, "backup", "image", vol.device).rc == 0
-    chunks = sorted(Path(repo, "chunks").rglob("*"))
+    assert bv(dir_repo, "backup", "image", vol.device).rc == 0
+    chunks = sorted(Path(dir_repo, "chunks").rglob("*"))
     victim = next(p for p in chunks if p.is_file())
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    check = bv(repo, "repo", "check", "--json")
+    check = bv(dir_repo, "repo", "check", "--json")
     assert check.rc == 12
     assert any(victim.name in f["message"] for f in check.json()["findings"])
     dest = loopkit.attach(loopkit.image("16M"))
-    res = bv(repo, "restore", "image", vol.device, dest, "--confirm", dest)
+    res = bv(dir_repo, "restore", "image", vol.device, dest, "--confirm", dest)
     assert res.rc == 12
     assert victim.name in res.err and "damaged" in res.err and "image byte" in res.err
     assert device_digest(dest) != device_digest(vol.device)
 
 
-def test_backup_killed_midway_leaves_no_image_and_rerun_stores_only_the_rest(loopkit, repo):
+def test_backup_killed_midway_leaves_no_image_and_rerun_stores_only_the_rest(loopkit, dir_repo):
     vol = loopkit.volume("512M", None)
     with open(vol.device, "r+b") as f:
         for _ in range(128):
             f.write(os.urandom(4 << 20))
-    env = {**os.environ, "BLOCKVAULT_REPO": repo}
+    env = {**os.environ, "BLOCKVAULT_REPO": dir_repo}
     p = subprocess.Popen(
         [sys.executable, "-m", "tui.cli", "backup", "image", vol.device, "--json"],
         cwd=ROOT,
@@ -196,7 +203,7 @@ def test_backup_killed_midway_leaves_no_image_and_rerun_stores_only_the_rest(loo
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    chunk_dir = Path(repo, "chunks")
+    chunk_dir = Path(dir_repo, "chunks")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if chunk_dir.exists() and sum(1 for _ in chunk_dir.rglob("*")) > 20:
@@ -208,13 +215,13 @@ def test_backup_killed_midway_leaves_no_image_and_rerun_stores_only_the_rest(loo
         1 for c in chunk_dir.rglob("*") if c.is_file() and not c.name.startswith(".")
     )
     assert 0 < stored_before < 128, "kill the backup while it runs"
-    assert bv(repo, "query", "image", "--json").json()["images"] == []
-    assert bv(repo, "repo", "check").rc == 0
-    rerun = bv(repo, "backup", "image", vol.device, "--json").json()
+    assert bv(dir_repo, "query", "image", "--json").json()["images"] == []
+    assert bv(dir_repo, "repo", "check").rc == 0
+    rerun = bv(dir_repo, "backup", "image", vol.device, "--json").json()
     assert rerun["chunks_new"] + rerun["chunks_dedup"] == 128
     assert rerun["chunks_dedup"] >= stored_before - 2  # a write cut by the kill is redone
     dest = loopkit.attach(loopkit.image("512M"))
-    assert bv(repo, "restore", "image", vol.device, dest, "--confirm", dest).rc == 0
+    assert bv(dir_repo, "restore", "image", vol.device, dest, "--confirm", dest).rc == 0
     assert device_digest(dest) == device_digest(vol.device)
 
 

@@ -1,6 +1,7 @@
 """File-level increments of mounted ext4 loop volumes: what is read, sent, classified, kept.
 
-Every volume is a loop device this test made; every repository lives in tmp_path.
+Every volume is a loop device this test made; every repository lives in tmp_path,
+either as a directory or behind a real ``blockvault serve`` (each test runs on both).
 The full image each increment builds on is taken with the image engine itself.
 """
 
@@ -43,8 +44,8 @@ MIB = 1 << 20
 
 
 @pytest.fixture
-def repo(tmp_path) -> Repository:
-    return Repository.init(str(tmp_path / "repo"))
+def repo(repo_location) -> Repository:
+    return Repository.open(repo_location)
 
 
 @pytest.fixture

@@ -40,3 +40,33 @@ def test_the_unit_runs_the_agent_on_a_root_only_socket():
     assert service["KillSignal"] == "SIGTERM"
     assert service["NoNewPrivileges"] == "yes"
     assert parser["Install"]["WantedBy"] == "multi-user.target"
+
+
+SERVER_UNIT = UNIT.parent / "blockvault-server.service"
+
+
+def test_systemd_analyze_verify_accepts_the_server_unit(tmp_path):
+    """The repository server's unit passes ``systemd-analyze verify`` too."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.fail("systemd-analyze is missing: tests/run installs the systemd package")
+    blockvault = Path(sys.executable).parent / "blockvault"
+    text = SERVER_UNIT.read_text().replace("/usr/local/bin/blockvault", str(blockvault))
+    unit = tmp_path / SERVER_UNIT.name
+    unit.write_text(text)
+    res = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    ours = [line for line in (res.stdout + res.stderr).splitlines() if SERVER_UNIT.name in line]
+    assert res.returncode == 0 and not ours, res.stdout + res.stderr
+
+
+def test_the_server_unit_serves_a_datastore_it_may_write_and_nothing_else():
+    """ExecStart runs ``blockvault serve``; the datastore is the one writable path."""
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str
+    parser.read(SERVER_UNIT)
+    service = parser["Service"]
+    argv = service["ExecStart"].split()
+    assert argv[1] == "serve"
+    store = argv[argv.index("--store") + 1]
+    assert service["ProtectSystem"] == "strict" and service["ReadWritePaths"] == store
+    assert argv[argv.index("--state") + 1] == "/var/lib/" + service["StateDirectory"]

@@ -41,6 +41,7 @@ from core.repo.format import (
     decode_manifest,
     encode_manifest,
 )
+from core.repo.remote import RemoteStore, connect, is_remote
 from core.repo.sealed import SealedStore, secret_given, unlock, unlocked
 from core.repo.store import LocalStore, ObjectMissing, RepositoryError
 
@@ -90,6 +91,28 @@ def _write_config(location: str, config: RepoConfig) -> None:
     os.rename(tmp, os.path.join(location, CONFIG_NAME))
 
 
+def _parse_config(raw: bytes, where: str) -> RepoConfig:
+    try:
+        return RepoConfig(**json.loads(raw))
+    except (ValueError, TypeError) as e:
+        raise RepositoryError(f"the config of {where} is unreadable or damaged: {e}") from None
+
+
+def _new_config(
+    keep_versions: int, chunk_size: int, encryption: str, passphrase: bytes | None
+) -> tuple[RepoConfig, Keys | None]:
+    """Return a new repository's config, and its fresh keys when it is encrypted."""
+    repo_id = uuid.uuid4().hex
+    created = now_iso()
+    if encryption == "none":
+        return RepoConfig(repo_id, 1, chunk_size, keep_versions, created), None
+    assert passphrase is not None
+    keys = new_keys(encryption)
+    slot = wrap(keys, passphrase, "default", repo_id, created)
+    sealed = {"cipher": keys.cipher, "key_id": keys.key_id, "slots": [slot]}
+    return RepoConfig(repo_id, 1, chunk_size, keep_versions, created, sealed), keys
+
+
 def now_iso() -> str:
     """Return the current UTC time as ISO 8601 (milliseconds: two images a second apart sort)."""
     return datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -98,14 +121,22 @@ def now_iso() -> str:
 class Repository:
     """Chunks and image manifests in one :class:`LocalStore`, sealed when encrypted."""
 
-    def __init__(self, location: str, config: RepoConfig, keys: Keys | None = None) -> None:
+    def __init__(
+        self,
+        location: str,
+        config: RepoConfig,
+        keys: Keys | None = None,
+        remote: RemoteStore | None = None,
+    ) -> None:
         self.location = location
         self.config = config
         self.keys = keys
         """The unwrapped keys of an encrypted repository (None: plain, or locked)."""
-        self.local = LocalStore(location)
+        self.remote = remote
+        """The server's store when the repository is on a repository server."""
+        self.local: LocalStore | RemoteStore = remote or LocalStore(location)
         """The objects as stored (sealed, in an encrypted repository)."""
-        self.store: LocalStore | SealedStore = (
+        self.store: LocalStore | RemoteStore | SealedStore = (
             self.local if keys is None else SealedStore(self.local, keys)
         )
         self.digest: Callable[[bytes | memoryview], bytes] = (
@@ -137,16 +168,15 @@ class Repository:
         With ``encryption`` (a cipher of :data:`core.repo.crypto.CIPHERS`) fresh keys
         are made and wrapped by ``passphrase`` in the slot named "default".
         """
-        keys = None
-        if encryption != "none":
-            keys = new_keys(encryption)
-            if not passphrase:
-                raise LockedRepository(
-                    "an encrypted repository needs a passphrase: type it at the prompt, or "
-                    f"give it with {PASSPHRASE_FILE_ENV} or {PASSPHRASE_COMMAND_ENV}"
-                )
+        if encryption != "none" and not passphrase:
+            raise LockedRepository(
+                "an encrypted repository needs a passphrase: type it at the prompt, or "
+                f"give it with {PASSPHRASE_FILE_ENV} or {PASSPHRASE_COMMAND_ENV}"
+            )
         if keep_versions < 1:
             raise RepositoryError(f"--keep-versions must be at least 1, not {keep_versions}")
+        if is_remote(location):
+            return cls._init_remote(location, keep_versions, chunk_size, encryption, passphrase)
         if os.path.exists(os.path.join(location, CONFIG_NAME)):
             raise RepositoryError(f"{location} already holds a blockvault repository")
         if os.path.isdir(location) and os.listdir(location):
@@ -158,27 +188,31 @@ class Repository:
             os.makedirs(location, mode=0o700, exist_ok=True)
         except OSError as e:
             raise RepositoryError(f"cannot create repository {location}: {e.strerror}") from None
-        repo_id = uuid.uuid4().hex
-        created = now_iso()
-        sealed = None
-        if keys is not None:
-            assert passphrase is not None
-            slot = wrap(keys, passphrase, "default", repo_id, created)
-            sealed = {"cipher": keys.cipher, "key_id": keys.key_id, "slots": [slot]}
-        config = RepoConfig(
-            id=repo_id,
-            format=1,
-            chunk_size=chunk_size,
-            keep_versions=keep_versions,
-            created=created,
-            encryption=sealed,
-        )
+        config, keys = _new_config(keep_versions, chunk_size, encryption, passphrase)
         _write_config(location, config)
         if keys is not None:
-            unlocked[repo_id] = keys
+            unlocked[config.id] = keys
         repo = cls(location, config, keys)
         repo.created, repo._made_directory = True, made_directory
         return repo
+
+    @classmethod
+    def _init_remote(
+        cls,
+        location: str,
+        keep_versions: int,
+        chunk_size: int,
+        encryption: str,
+        passphrase: bytes | None,
+    ) -> Repository:
+        remote = connect(location)
+        if remote.config_bytes() is not None:
+            raise RepositoryError(f"the server {remote.url} already holds a blockvault repository")
+        config, keys = _new_config(keep_versions, chunk_size, encryption, passphrase)
+        remote.create_config(json.dumps(asdict(config), indent=2).encode())
+        if keys is not None:
+            unlocked[config.id] = keys
+        return cls(remote.url, config, keys, remote)
 
     @classmethod
     def open(
@@ -194,7 +228,10 @@ class Repository:
         Raises:
             LockedRepository: encrypted, and no passphrase or key file opens it.
         """
-        location = os.path.abspath(location or default_location())
+        location = location or default_location()
+        if is_remote(location):
+            return cls._open_remote(location, locked)
+        location = os.path.abspath(location)
         path = os.path.join(location, CONFIG_NAME)
         if not os.path.exists(path):
             if create and (not os.path.exists(location) or not os.listdir(location)):
@@ -204,20 +241,36 @@ class Repository:
                 f"'blockvault repo init --repo {location}'"
             )
         try:
-            with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-            config = RepoConfig(**raw)
-        except (OSError, ValueError, TypeError) as e:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
             raise RepositoryError(f"{path} is unreadable or damaged: {e}") from None
+        return cls._opened(location, _parse_config(raw, path), locked)
+
+    @classmethod
+    def _open_remote(cls, location: str, locked: bool) -> Repository:
+        remote = connect(location)
+        raw = remote.config_bytes()
+        if raw is None:
+            raise RepositoryError(
+                f"the server {remote.url} holds no repository yet; create it with "
+                f"'blockvault repo init --repo {remote.url}'"
+            )
+        return cls._opened(remote.url, _parse_config(raw, remote.url), locked, remote)
+
+    @classmethod
+    def _opened(
+        cls, location: str, config: RepoConfig, locked: bool, remote: RemoteStore | None = None
+    ) -> Repository:
         if config.format != 1:
             raise RepositoryError(f"{location} has repository format {config.format}; unsupported")
         if config.encryption is None:
-            return cls(location, config)
+            return cls(location, config, remote=remote)
         try:
-            return cls(location, config, unlock(location, config))
+            return cls(location, config, unlock(location, config), remote)
         except LockedRepository:
             if locked and not secret_given():
-                return cls(location, config)
+                return cls(location, config, remote=remote)
             raise
 
     @property
@@ -229,8 +282,18 @@ class Repository:
         """Replace the key slots (the wrapped copies of the keys); at least one stays."""
         assert self.config.encryption is not None and slots
         sealed = {**self.config.encryption, "slots": slots}
-        self.config = replace(self.config, encryption=sealed)
-        _write_config(self.location, self.config)
+        new = replace(self.config, encryption=sealed)
+        if self.remote is not None:
+            previous = self.remote.config_bytes()
+            if previous is None or RepoConfig(**json.loads(previous)) != self.config:
+                raise RepositoryError(
+                    f"the repository's keys on {self.location} changed meanwhile; run the "
+                    "command again"
+                )
+            self.remote.replace_config(json.dumps(asdict(new), indent=2).encode(), previous)
+        else:
+            _write_config(self.location, new)
+        self.config = new
 
     def discard_unused(self) -> None:
         """Remove a repository this opening created when nothing was stored in it.
@@ -239,7 +302,7 @@ class Repository:
         :meth:`init` and the lock made is removed, and the directory only when empty;
         any object, manifest or unknown file keeps the repository as it is.
         """
-        if not self.created:
+        if not self.created or self.remote is not None:
             return
         for kind in ("chunks", "images", "increments"):
             top = os.path.join(self.location, kind)
@@ -263,8 +326,17 @@ class Repository:
         """Hold the repository lock: shared for backups and restores, exclusive for prune.
 
         Prune deletes chunks no manifest names; a backup in flight may be about to
-        name them, so the two never overlap.
+        name them, so the two never overlap. On a server the server holds the lock for
+        each session, and prune runs there.
         """
+        if self.remote is not None:
+            if exclusive:
+                raise RepositoryError(
+                    f"prune of the server {self.location} runs on the server host: "
+                    "'blockvault repo prune --repo DATASTORE' there"
+                )
+            yield
+            return
         try:
             fd = os.open(os.path.join(self.location, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as e:
@@ -327,9 +399,10 @@ class Repository:
     # Both kinds live under a folder of their own, named by id; a manifest is stored
     # last and durably, after its chunks, so a visible manifest never lacks a chunk.
 
-    def _put_manifest(self, folder: str, object_id: str, data: bytes) -> None:
-        self.store.sync()
-        self.store.put(f"{folder}/{object_id}", data, durable=True)
+    def _put_manifest(
+        self, folder: str, object_id: str, data: bytes, refs: Iterable[bytes]
+    ) -> None:
+        self.store.commit(f"{folder}/{object_id}", data, refs)
 
     def _ids(self, folder: str) -> list[str]:
         return sorted(k.split("/", 1)[1] for k in self.store.list(folder))
@@ -360,7 +433,9 @@ class Repository:
 
     def put_image(self, manifest: ImageManifest) -> None:
         """Make every chunk durable, then store the manifest: the image becomes visible."""
-        self._put_manifest("images", manifest.id, encode_manifest(manifest))
+        self._put_manifest(
+            "images", manifest.id, encode_manifest(manifest), manifest.stored_digests()
+        )
 
     def image_ids(self) -> list[str]:
         """Return the ids of every image (ids sort by time)."""
@@ -380,7 +455,9 @@ class Repository:
 
     def put_increment(self, manifest: FileManifest) -> None:
         """Make every chunk durable, then store the file manifest: the increment is visible."""
-        self._put_manifest("increments", manifest.id, encode_file_manifest(manifest))
+        self._put_manifest(
+            "increments", manifest.id, encode_file_manifest(manifest), manifest.stored_digests()
+        )
 
     def increment_ids(self) -> list[str]:
         """Return the ids of every increment (ids sort by time)."""

@@ -31,6 +31,7 @@ from core.repo.crypto import (
 from core.repo.store import Buffers, LocalStore
 
 if TYPE_CHECKING:
+    from core.repo.remote import RemoteStore
     from core.repo.repository import RepoConfig
 
 unlocked: dict[str, Keys] = {}
@@ -136,7 +137,7 @@ def forget_keys(repo_id: str) -> None:
 class SealedStore:
     """The object API over another store, sealing on ``put`` and opening on ``get``."""
 
-    def __init__(self, inner: LocalStore, keys: Keys) -> None:
+    def __init__(self, inner: LocalStore | RemoteStore, keys: Keys) -> None:
         self.inner = inner
         self.keys = keys
 
@@ -168,6 +169,13 @@ class SealedStore:
 
     def sync(self) -> None:
         self.inner.sync()
+
+    def commit(self, key: str, data: Buffers, refs: Iterable[bytes]) -> None:
+        """Seal manifest ``data`` and commit it (the refs travel as they are: digests are keyed)."""
+        parts: Sequence[bytes | bytearray | memoryview] = (
+            [data] if isinstance(data, bytes | bytearray | memoryview) else data
+        )
+        self.inner.commit(key, self.keys.seal(key, parts), refs)
 
 
 __all__ = [

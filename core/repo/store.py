@@ -92,6 +92,14 @@ class ObjectStore(Protocol):
         """Make every object put so far durable (before a manifest names them)."""
         ...
 
+    def commit(self, key: str, data: Buffers, refs: Iterable[bytes]) -> None:
+        """Store manifest ``key`` once every object put so far is durable.
+
+        ``refs`` are the digests of the chunks it names: a server checks that the node
+        may name them and keeps them as that node's known chunks.
+        """
+        ...
+
 
 Buffers = bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]
 """What put() takes: one buffer, or several written back to back."""
@@ -318,6 +326,10 @@ class LocalStore:
                 os.close(fd)
         except OSError as e:
             raise write_failed(self.root, "the objects written so far", e) from None
+
+    def commit(self, key: str, data: Buffers, refs: Iterable[bytes]) -> None:
+        self.sync()
+        self.put(key, data, durable=True)
 
     def temp_files(self) -> Iterator[str]:
         """Yield leftovers of interrupted writes (removed by prune)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from core.errors import BlockvaultError, NeedsRootError
 from core.findings import ReturnCode
 from core.repo.repository import REPO_ENV, ROOT_DEFAULT
-from tui.cli import backup, delete, devices, jobs, query, repo, restore
+from tui.cli import backup, delete, devices, jobs, query, repo, restore, serve
 from tui.cli.keys import use_terminal_prompt
 
 if TYPE_CHECKING:  # rich is imported only for human output: --json runs start faster
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # rich is imported only for human output: --json runs start f
 
 _TSM_OPTION = re.compile(r"^-([a-z][a-z]+(?:-[a-z]+)*)(=.*)?$")
 """``-imagetype=dynamic``, ``-snapshot-fallback=dynamic``, ``-noprompt``: one dash, a word."""
-_FAMILIES = (devices, backup, query, restore, delete, repo, jobs)
+_FAMILIES = (devices, backup, query, restore, delete, repo, jobs, serve)
 """Each adds its commands, in the order ``--help`` lists them."""
 
 

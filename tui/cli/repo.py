@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from core.errors import BlockvaultError
+from core.repo.remote import is_remote
 from core.repo.repository import Repository, default_location
 from tui.cli.keys import cmd_repo_key, init_passphrase, init_result
 from tui.cli.output import escape, help_page, print_findings, print_json
@@ -20,11 +21,14 @@ def cmd_repo(args: argparse.Namespace, out: Console) -> int:
     from core.repo.check import check_repository, prune_repository
 
     if args.action == "init":
+        location = args.repo or default_location()
+        # Backups that leave the machine are sealed unless plain is asked for.
+        encryption = args.encryption or ("aes-256-gcm" if is_remote(location) else "none")
         repo = Repository.init(
-            args.repo or default_location(),
+            location,
             keep_versions=args.keep_versions,
-            encryption=args.encryption,
-            passphrase=init_passphrase(args.encryption),
+            encryption=encryption,
+            passphrase=init_passphrase(encryption),
         )
         result = init_result(repo)
         if args.json:
@@ -106,8 +110,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--encryption",
         choices=["aes-256-gcm", "chacha20-poly1305", "none"],
-        default="none",
-        help="init: seal every object with this cipher (default none); the passphrase is "
+        default=None,
+        help="init: seal every object with this cipher (default none in a directory, "
+        "aes-256-gcm on a server); the passphrase is "
         "typed or read from $BLOCKVAULT_PASSPHRASE_FILE / _COMMAND, never an argument",
     )
     p.add_argument(

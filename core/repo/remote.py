@@ -1,0 +1,448 @@
+"""The object API over a repository server (``--repo https://HOST:PORT``), as a node.
+
+Who the client is comes from ``$BLOCKVAULT_NODE`` with ``$BLOCKVAULT_TOKEN_FILE`` (or
+``$BLOCKVAULT_TOKEN``) and ``$BLOCKVAULT_FINGERPRINT``, else from the root-only login
+file that ``blockvault login`` writes. The server's certificate is pinned by its
+SHA-256 fingerprint; without a pin the system's CAs must vouch for it.
+
+Uploads run in a session (:mod:`core.server.datastore`): the node's known chunks
+are fetched once, so an unchanged re-backup sends almost nothing, and a manifest
+commits the session. A dropped connection or a restarted server is retried with
+backoff for ``commrestartduration`` (TSM's option; minutes) before the operation
+fails with one line; what the server acknowledged is not sent again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from core.repo.store import Buffers, ObjectMissing, RepositoryError, RepositoryWriteFailed
+from core.statedir import state_dir
+
+NODE_ENV = "BLOCKVAULT_NODE"
+TOKEN_ENV = "BLOCKVAULT_TOKEN"
+TOKEN_FILE_ENV = "BLOCKVAULT_TOKEN_FILE"
+FINGERPRINT_ENV = "BLOCKVAULT_FINGERPRINT"
+LOGIN_FILE_ENV = "BLOCKVAULT_LOGIN_FILE"
+DURATION_ENV = "BLOCKVAULT_COMMRESTARTDURATION"
+INTERVAL_ENV = "BLOCKVAULT_COMMRESTARTINTERVAL"
+DEFAULT_DURATION_MINUTES = 60.0
+DEFAULT_INTERVAL_SECONDS = 15.0
+CONNECTIONS = 8
+
+
+class ServerError(RepositoryError):
+    """The repository server cannot be used: unreachable, wrong certificate, refused."""
+
+
+class Forbidden(ServerError):
+    """The server refused this node an object (another node's, or a delete)."""
+
+
+def is_remote(location: str) -> bool:
+    """True when ``location`` names a repository server rather than a directory."""
+    return location.startswith(("https://", "http://"))
+
+
+def login_file() -> str:
+    """Return the path of the login file (root-only; ``$BLOCKVAULT_LOGIN_FILE`` for another)."""
+    return os.environ.get(LOGIN_FILE_ENV) or os.path.join(state_dir(), "login.json")
+
+
+def normalize_url(url: str) -> str:
+    """Return ``scheme://host:port`` of a server URL, or raise :class:`ServerError`."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
+        raise ServerError(f"{url!r} is not a server address like https://HOST:PORT")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How this client is known to one server."""
+
+    node: str
+    token: str
+    fingerprint: str | None
+
+
+def read_logins() -> dict[str, dict[str, str]]:
+    """Return the login file's servers by URL (empty when there is none)."""
+    path = login_file()
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ServerError(f"the login file {path} is unreadable: {e}") from None
+    servers = doc.get("servers") if isinstance(doc, dict) else None
+    return servers if isinstance(servers, dict) else {}
+
+
+def save_login(url: str, credentials: Credentials) -> str:
+    """Record ``credentials`` for ``url`` in the login file (0600 in a 0700 directory)."""
+    path = login_file()
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    servers = read_logins()
+    servers[url] = {
+        "node": credentials.node,
+        "token": credentials.token,
+        "fingerprint": credentials.fingerprint or "",
+    }
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump({"servers": servers}, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    return path
+
+
+def credentials_for(url: str) -> Credentials:
+    """Return this client's credentials for ``url``: the environment first, then the login file."""
+    from core.tls import normalize_fingerprint
+
+    saved = read_logins().get(url, {})
+    token = os.environ.get(TOKEN_ENV, "")
+    token_file = os.environ.get(TOKEN_FILE_ENV)
+    if token_file:
+        try:
+            with open(token_file, encoding="utf-8") as f:
+                token = f.read(4096).strip()
+        except OSError as e:
+            raise ServerError(
+                f"cannot read {TOKEN_FILE_ENV} ({token_file}): {e.strerror}"
+            ) from None
+    token = token or saved.get("token", "")
+    node = os.environ.get(NODE_ENV) or saved.get("node", "")
+    if not token:
+        raise ServerError(
+            f"no token for {url}: run 'blockvault login {url} --node NAME', or set "
+            f"{TOKEN_FILE_ENV} (and {NODE_ENV}, {FINGERPRINT_ENV})"
+        )
+    pin = os.environ.get(FINGERPRINT_ENV) or saved.get("fingerprint") or None
+    if pin:
+        try:
+            pin = normalize_fingerprint(pin)
+        except ValueError as e:
+            raise ServerError(f"{FINGERPRINT_ENV}: {e}") from None
+    return Credentials(node, token, pin)
+
+
+def _number(env: str, default: float) -> float:
+    raw = os.environ.get(env)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ServerError(f"{env}={raw!r} is not a number") from None
+    if value < 0:
+        raise ServerError(f"{env}={raw!r} must not be negative")
+    return value
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """TSM's ``commrestartduration`` (minutes) and ``commrestartinterval`` (seconds)."""
+
+    duration: float = DEFAULT_DURATION_MINUTES * 60
+    interval: float = DEFAULT_INTERVAL_SECONDS
+
+    @classmethod
+    def from_env(cls) -> RetryPolicy:
+        """Return the policy ``$BLOCKVAULT_COMMRESTARTDURATION``/``…INTERVAL`` set."""
+        return cls(
+            _number(DURATION_ENV, DEFAULT_DURATION_MINUTES) * 60,
+            _number(INTERVAL_ENV, DEFAULT_INTERVAL_SECONDS),
+        )
+
+
+_RETRY_STATUS = frozenset({502, 503, 504})
+
+
+def pinned_ssl(url: str, pin: str) -> ssl.SSLContext:
+    """Return a context trusting the certificate ``url`` presents, once it matches ``pin``."""
+    from core.tls import fingerprint_of_der, pinned_context, server_certificate
+
+    parts = urlsplit(url)
+    assert parts.hostname and parts.port
+    try:
+        der = server_certificate(parts.hostname, parts.port)
+    except (OSError, ssl.SSLError) as e:
+        raise unreachable(url, e) from None
+    seen = fingerprint_of_der(der)
+    if seen != pin:
+        raise ServerError(
+            f"the server {url} presents certificate {seen}, but this client pins {pin}: "
+            "refused (if the server's certificate was replaced on purpose, run "
+            f"'blockvault login {url}' again)"
+        )
+    return pinned_context(ssl.DER_cert_to_PEM_cert(der))
+
+
+def unreachable(url: str, error: BaseException) -> ServerError:
+    """Return the one-line error for a server that cannot be reached."""
+    why = str(error) or type(error).__name__
+    if isinstance(error, ConnectionRefusedError) or "refused" in why.lower():
+        why = "connection refused"
+    return ServerError(
+        f"cannot reach the repository server {url}: {why}; is 'blockvault serve' running "
+        "there, and is the address right?"
+    )
+
+
+class RemoteStore:
+    """Objects on a repository server, through one pooled, pinned HTTPS client."""
+
+    def __init__(
+        self, url: str, credentials: Credentials, retry: RetryPolicy | None = None
+    ) -> None:
+        self.url = normalize_url(url)
+        self.root = self.url
+        self.credentials = credentials
+        self.retry = retry or RetryPolicy.from_env()
+        verify: ssl.SSLContext | bool = True
+        if self.url.startswith("https://") and credentials.fingerprint:
+            verify = pinned_ssl(self.url, credentials.fingerprint)
+        self.client = httpx.Client(
+            base_url=self.url,
+            verify=verify,
+            headers={"authorization": f"Bearer {credentials.token}"},
+            limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS),
+            timeout=httpx.Timeout(60.0, connect=10.0),
+        )
+        self._lock = threading.Lock()
+        self._begin_lock = threading.Lock()
+        self._session: str | None = None
+        self._known: set[bytes] | None = None
+        self.node = credentials.node
+        self.admin = False
+        self.requests = 0
+        self.bytes_sent = 0
+        # A backup that failed leaves its session open: abandon it when the store goes
+        # (or the process exits), so the server drops it at once.
+        weakref.finalize(self, _abandon, self.client, self._session_ref())
+
+    def _session_ref(self) -> Callable[[], str | None]:
+        ref = weakref.ref(self)
+        return lambda: (s._session if (s := ref()) is not None else None)
+
+    # --- transport -------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, retry: bool = True, **kw: Any) -> httpx.Response:
+        """Send one request, retrying transport failures and 502/503/504 for the retry time."""
+        deadline = time.monotonic() + (self.retry.duration if retry else 0)
+        pause = min(0.25, self.retry.interval)
+        while True:
+            try:
+                with self._lock:
+                    self.requests += 1
+                response = self.client.request(method, path, **kw)
+            except httpx.TransportError as e:
+                if isinstance(e.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(e):
+                    raise ServerError(
+                        f"the server {self.url} presents a certificate this client does not "
+                        f"trust ({e}); pin it with 'blockvault login {self.url}'"
+                    ) from None
+                if time.monotonic() + pause > deadline:
+                    raise unreachable(self.url, e) from None
+            else:
+                if response.status_code not in _RETRY_STATUS or time.monotonic() + pause > deadline:
+                    return response
+            time.sleep(pause)
+            pause = min(pause * 2, max(self.retry.interval, 0.25))
+
+    def _check(self, response: httpx.Response, what: str) -> httpx.Response:
+        if response.status_code < 300:
+            return response
+        try:
+            message = str(response.json()["error"])
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {response.status_code}"
+        if response.status_code == 404:
+            raise ObjectMissing(f"{what}: {message}")
+        if response.status_code == 403:
+            raise Forbidden(f"the server {self.url} refused {what}: {message}")
+        if response.status_code == 401:
+            raise ServerError(f"the server {self.url} refused node {self.node or '?'}: {message}")
+        raise ServerError(f"the server {self.url} could not do {what}: {message}")
+
+    def hello(self) -> dict[str, Any]:
+        """Return ``whoami``: the first request, never retried (an unreachable server fails now)."""
+        doc = self._check(self._request("GET", "/v1/whoami", retry=False), "who am I").json()
+        if self.node and doc.get("node") != self.node:
+            raise ServerError(
+                f"the token given is node {doc.get('node')}'s, not {self.node}'s "
+                f"({self.url}); check {TOKEN_FILE_ENV} and {NODE_ENV}"
+            )
+        self.node, self.admin = str(doc.get("node")), bool(doc.get("admin"))
+        return dict(doc)
+
+    # --- the repository's config ---------------------------------------------------
+
+    def config_bytes(self) -> bytes | None:
+        """Return the server's repository config, or None when it holds none yet."""
+        response = self._request("GET", "/v1/config")
+        if response.status_code == 404:
+            return None
+        return self._check(response, "the repository config").content
+
+    def create_config(self, data: bytes) -> None:
+        """Make the repository on the server (refused when it has one)."""
+        self._check(
+            self._request("PUT", "/v1/config", content=data, headers={"if-none-match": "*"}),
+            "repo init",
+        )
+
+    def replace_config(self, data: bytes, previous: bytes) -> None:
+        """Store a config whose key slots changed (the server checks nothing else did)."""
+        import hashlib
+
+        match = hashlib.sha256(previous).hexdigest()
+        self._check(
+            self._request("PUT", "/v1/config", content=data, headers={"if-match": match}),
+            "changing the repository's keys",
+        )
+
+    # --- the object API ------------------------------------------------------------
+
+    def _begin(self) -> str:
+        with self._begin_lock:  # the engine's workers all want one session
+            if self._session is None:
+                response = self._request("POST", "/v1/sessions")
+                self._session = str(self._check(response, "a backup session").json()["session"])
+            return self._session
+
+    def _abandon(self, sid: str) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            self.client.request("DELETE", f"/v1/sessions/{sid}", timeout=5.0)
+
+    def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
+        kind, _, name = key.partition("/")
+        if kind != "chunks":
+            raise RepositoryError(f"{key}: only chunks are put on a server; manifests commit")
+        body = _joined(data)
+        sid = self._begin()
+        response = self._request("PUT", f"/v1/sessions/{sid}/chunks/{name}", content=body)
+        if response.status_code >= 300:
+            try:
+                self._check(response, f"the upload of {key}")
+            except ServerError as e:
+                raise RepositoryWriteFailed(f"{e}; nothing of this backup was recorded") from None
+        with self._lock:
+            self.bytes_sent += len(body)
+            if self._known is not None:
+                self._known.add(bytes.fromhex(name))
+
+    def commit(self, key: str, data: Buffers, refs: Iterable[bytes]) -> None:
+        """Commit manifest ``key`` naming chunks ``refs``: the session ends, the object appears."""
+        manifest = _joined(data)
+        sid = self._begin()
+        body = manifest + b"".join(sorted(refs))
+        response = self._request(
+            "POST", f"/v1/sessions/{sid}/commit/{key}", content=body,
+            headers={"x-manifest-length": str(len(manifest))},
+        )
+        with self._lock:
+            self._session = None
+        try:
+            self._check(response, f"the commit of {key}")
+        except ServerError as e:
+            raise RepositoryWriteFailed(f"{e}; nothing of this backup was recorded") from None
+
+    def get(self, key: str) -> bytes:
+        return self._check(self._request("GET", f"/v1/objects/{key}"), key).content
+
+    def _known_chunks(self) -> set[bytes]:
+        with self._lock:
+            if self._known is not None:
+                return self._known
+        data = self._check(self._request("GET", "/v1/known"), "the known chunks").content
+        known = {data[i : i + 32] for i in range(0, len(data) - len(data) % 32, 32)}
+        with self._lock:
+            if self._known is None:
+                self._known = known
+            return self._known
+
+    def exists_many(self, keys: Iterable[str]) -> set[str]:
+        keys = list(keys)
+        chunks = [k for k in keys if k.startswith("chunks/")]
+        found: set[str] = set()
+        if chunks:
+            known = self._known_chunks()
+            found.update(k for k in chunks if bytes.fromhex(k[7:]) in known)
+        others = [k for k in keys if not k.startswith("chunks/")]
+        for kind in {k.split("/", 1)[0] for k in others}:
+            names = set(self.list(kind))
+            found.update(k for k in others if k.split("/", 1)[0] == kind and k in names)
+        return found
+
+    def list(self, kind: str) -> Iterator[str]:
+        names = self._check(self._request("GET", f"/v1/list/{kind}"), f"the list of {kind}").json()
+        return iter([f"{kind}/{n}" for n in names])
+
+    def strays(self, kind: str) -> Iterator[tuple[str, str]]:
+        return iter(())  # the datastore's own business: 'repo check' on the server host
+
+    def delete(self, key: str) -> None:
+        response = self._request("DELETE", f"/v1/objects/{key}")
+        if response.status_code != 404:
+            self._check(response, f"deleting {key}")
+
+    def size_of(self, key: str) -> int:
+        response = self._check(self._request("HEAD", f"/v1/objects/{key}"), key)
+        return int(response.headers.get("content-length", "0"))
+
+    def sync(self) -> None:
+        """Nothing to do: the server makes the chunks durable before it commits a manifest."""
+
+    def release(self) -> None:
+        """Nothing to drain: uploads are acknowledged one by one."""
+
+    def temp_files(self) -> Iterator[str]:
+        return iter(())
+
+    def close(self) -> None:
+        """Abandon an open session and close the connections."""
+        with self._lock:
+            sid, self._session = self._session, None
+        if sid:
+            self._abandon(sid)
+        self.client.close()
+
+
+def _joined(data: Buffers) -> bytes:
+    return bytes(data) if isinstance(data, bytes | bytearray | memoryview) else b"".join(data)
+
+
+def _abandon(client: httpx.Client, session: Callable[[], str | None]) -> None:
+    sid = session()
+    with contextlib.suppress(Exception):
+        if sid:
+            client.request("DELETE", f"/v1/sessions/{sid}", timeout=5.0)
+        client.close()
+
+
+def connect(location: str) -> RemoteStore:
+    """Return the store of the server at ``location``, after it answered who this node is."""
+    url = normalize_url(location)
+    store = RemoteStore(url, credentials_for(url))
+    store.hello()
+    return store
+

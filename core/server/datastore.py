@@ -1,0 +1,510 @@
+"""What a repository server does with a datastore, apart from HTTP: sessions, known chunks, owners.
+
+The datastore is a blockvault repository directory (``config.json``, ``chunks/``,
+``images/``, ``increments/``) plus ``server/``:
+
+- ``server/nodes.json``: the registry (:mod:`core.server.nodes`);
+- ``server/owners/NODE/KIND/ID``: which node a manifest belongs to, holding the
+  digests of the chunks it names (32 bytes each): the node's *known chunks* are
+  those of its manifests that exist;
+- ``server/sessions/SID.json`` and ``SID.chunks``: an open session and the chunks it
+  was sent, so that a restarted server resumes it and the client resends nothing
+  the server acknowledged.
+
+Every upload is checked against its id before it is acknowledged (plain: the BLAKE3
+of the decompressed content; sealed: the checksum over the ciphertext). A manifest
+is committed only at the session's finish: the chunks it names are made durable,
+then its owner record, then the manifest itself, so a manifest that can be seen
+never lacks a chunk or an owner, and an unfinished session leaves nothing visible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from core.errors import BlockvaultError
+from core.repo.crypto import check_sealed
+from core.repo.filemanifest import FILE_CHUNK, decode_file_manifest
+from core.repo.format import DamagedObject, decode_chunk, decode_manifest
+from core.repo.store import LocalStore, ObjectMissing, check_key
+from core.server.nodes import SERVER_DIR, Node, NodeRegistry
+
+log = logging.getLogger("blockvault.server")
+
+MANIFEST_KINDS = ("images", "increments")
+DIGEST = 32
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SID = re.compile(r"^[0-9a-f]{32}$")
+_MANIFEST_NAME = re.compile(r"^[0-9]{8}T[0-9A-Za-z.]{6,20}-[0-9a-f]{6}$")
+CHUNK_SLACK = 64 << 10
+"""What an encoded (or sealed) chunk may add to the chunk size: header, tag, checksum."""
+MAX_MANIFEST = 512 << 20
+"""The largest manifest a session may commit (an image of 16 TiB has a 128 MiB table)."""
+SESSION_IDLE = 3600.0
+"""Seconds a session may go unused before the server drops it (and its shared lock)."""
+
+
+class Refused(BlockvaultError):
+    """A request the server will not do; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def forbidden(message: str) -> Refused:
+    """Return the 403 for ``message``."""
+    return Refused(403, message)
+
+
+@dataclass
+class Session:
+    """One backup's upload session: what it sent, and the shared lock that keeps prune off."""
+
+    id: str
+    node: str
+    started: float
+    uploaded: set[bytes] = field(default_factory=set)
+    used: float = field(default_factory=time.monotonic)
+    lock_fd: int | None = None
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Datastore:
+    """One datastore as a server serves it to its nodes."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self.store = LocalStore(self.root)
+        self.registry = NodeRegistry(self.root)
+        self.server_dir = os.path.join(self.root, SERVER_DIR)
+        self._sessions: dict[str, Session] = {}
+        self._known: dict[str, tuple[tuple[int, ...], frozenset[bytes]]] = {}
+        self._lock = threading.Lock()
+        for sub in ("owners", "sessions"):
+            os.makedirs(os.path.join(self.server_dir, sub), mode=0o700, exist_ok=True)
+
+    # --- the repository's config ---------------------------------------------------
+
+    @property
+    def config_path(self) -> str:
+        return os.path.join(self.root, "config.json")
+
+    def config_bytes(self) -> bytes:
+        """Return ``config.json`` as stored; 404 before any node made the repository."""
+        try:
+            with open(self.config_path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise Refused(
+                404,
+                "the server's datastore holds no repository yet; make it with "
+                "'blockvault repo init --repo URL'",
+            ) from None
+
+    def config(self) -> dict[str, object]:
+        """Return the repository's config as a dict."""
+        doc = json.loads(self.config_bytes())
+        assert isinstance(doc, dict)
+        return doc
+
+    def create_config(self, node: Node, data: bytes) -> None:
+        """Make the repository from a client's ``repo init`` (only while there is none)."""
+        doc = _config_doc(data)
+        tmp = os.path.join(self.root, f".config.json.{secrets.token_hex(6)}")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(json.dumps(doc, indent=2).encode())
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, self.config_path)  # fails when a config is there: never replaced
+        except FileExistsError:
+            raise Refused(409, f"the server's datastore already holds repository "
+                          f"{self.config().get('id')}") from None
+        finally:
+            os.unlink(tmp)
+        log.info("node %s made repository %s (encryption %s)", node.name, doc["id"],
+                 "none" if doc.get("encryption") is None else "on")
+
+    def replace_slots(self, node: Node, data: bytes, expected: str) -> None:
+        """Store a changed list of key slots (``repo key add|remove|passwd``).
+
+        Only the slots may change, and only from the config the client read
+        (``expected`` is its SHA-256): two nodes changing keys at once cannot lose
+        each other's change.
+        """
+        import hashlib
+
+        with self._lock:
+            current_bytes = self.config_bytes()
+            if hashlib.sha256(current_bytes).hexdigest() != expected:
+                raise Refused(409, "the repository's keys changed since they were read; try again")
+            current = json.loads(current_bytes)
+            new = _config_doc(data)
+            enc_old, enc_new = current.get("encryption"), new.get("encryption")
+            if not isinstance(enc_old, dict) or not isinstance(enc_new, dict):
+                raise Refused(400, "only an encrypted repository has keys to change")
+            same = {k: v for k, v in new.items() if k != "encryption"} == {
+                k: v for k, v in current.items() if k != "encryption"
+            } and {k: v for k, v in enc_new.items() if k != "slots"} == {
+                k: v for k, v in enc_old.items() if k != "slots"
+            }
+            if not same or not enc_new.get("slots"):
+                raise Refused(400, "a node may change only the key slots, and one must stay")
+            tmp = self.config_path + ".tmp"
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+                f.write(json.dumps(new, indent=2).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self.config_path)
+        log.warning("node %s changed the key slots of repository %s", node.name, new["id"])
+
+    def _encrypted(self) -> bool:
+        return self.config().get("encryption") is not None
+
+    def _chunk_size(self) -> int:
+        size = self.config().get("chunk_size")
+        return size if isinstance(size, int) else 4 << 20
+
+    def max_chunk(self) -> int:
+        """Return the largest chunk upload accepted."""
+        return max(self._chunk_size(), FILE_CHUNK) + CHUNK_SLACK
+
+    # --- owners and known chunks ------------------------------------------------------
+
+    def _owner_dir(self, node: str, kind: str) -> str:
+        return os.path.join(self.server_dir, "owners", node, kind)
+
+    def owned(self, node: str, kind: str) -> list[str]:
+        """Return the names of ``node``'s manifests of ``kind`` that exist."""
+        try:
+            names = os.listdir(self._owner_dir(node, kind))
+        except FileNotFoundError:
+            return []
+        keys = [f"{kind}/{n}" for n in names if _MANIFEST_NAME.match(n)]
+        return sorted(k.split("/", 1)[1] for k in self.store.exists_many(keys))
+
+    def owner_of(self, key: str) -> str | None:
+        """Return the node a manifest belongs to (None: no owner recorded)."""
+        kind, name = check_key(key)
+        owners = os.path.join(self.server_dir, "owners")
+        for node in os.listdir(owners):
+            if os.path.exists(os.path.join(owners, node, kind, name)):
+                return node
+        return None
+
+    def known(self, node: str) -> frozenset[bytes]:
+        """Return the digests named by ``node``'s existing manifests (cached per change)."""
+        dirs = [self._owner_dir(node, kind) for kind in MANIFEST_KINDS]
+        stamp = tuple(_mtime(d) for d in dirs)
+        with self._lock:
+            cached = self._known.get(node)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+        digests: set[bytes] = set()
+        for kind in MANIFEST_KINDS:
+            for name in self.owned(node, kind):
+                try:
+                    with open(os.path.join(self._owner_dir(node, kind), name), "rb") as f:
+                        refs = f.read()
+                except FileNotFoundError:
+                    continue
+                digests.update(refs[i : i + DIGEST] for i in range(0, len(refs), DIGEST))
+        frozen = frozenset(digests)
+        with self._lock:
+            self._known[node] = (stamp, frozen)
+        return frozen
+
+    def known_stored(self, node: str) -> bytes:
+        """Return ``node``'s known chunks that are stored, as concatenated digests."""
+        known = sorted(self.known(node))
+        keys = {f"chunks/{d.hex()}": d for d in known}
+        present = self.store.exists_many(keys)
+        return b"".join(keys[k] for k in sorted(present))
+
+    def may_read(self, node: Node, key: str, session: Session | None = None) -> None:
+        """Raise 403 unless ``node`` may read object ``key``."""
+        if node.admin:
+            return
+        kind, name = check_key(key)
+        if kind == "chunks":
+            if not _HEX.match(name):
+                raise forbidden(f"{key} is no chunk of node {node.name}")
+            digest = bytes.fromhex(name)
+            if digest in self.known(node.name) or (session and digest in session.uploaded):
+                return
+            raise forbidden(f"chunk {name[:16]}… is not named by any manifest of node {node.name}")
+        if kind not in MANIFEST_KINDS:
+            raise forbidden(f"{key} is not an object a node may read")
+        if os.path.exists(os.path.join(self._owner_dir(node.name, kind), name)):
+            return
+        if self.store.exists_many([key]):
+            raise forbidden(f"{key} belongs to another node than {node.name}")
+        raise Refused(404, f"no {kind.removesuffix('s')} {name} of node {node.name}")
+
+    def listing(self, node: Node, kind: str) -> list[str]:
+        """Return the names of ``kind`` that ``node`` may see."""
+        if kind not in (*MANIFEST_KINDS, "chunks"):
+            raise Refused(404, f"no object kind {kind!r}")
+        if node.admin:
+            return [k.split("/", 1)[1] for k in self.store.list(kind)]
+        if kind == "chunks":
+            data = self.known_stored(node.name)
+            return [data[i : i + DIGEST].hex() for i in range(0, len(data), DIGEST)]
+        return self.owned(node.name, kind)
+
+    # --- sessions -------------------------------------------------------------------
+
+    def _session_paths(self, sid: str) -> tuple[str, str]:
+        base = os.path.join(self.server_dir, "sessions", sid)
+        return base + ".json", base + ".chunks"
+
+    def begin(self, node: Node) -> Session:
+        """Open a session for ``node``, holding the datastore's lock shared (prune waits)."""
+        self._drop_idle()
+        session = Session(secrets.token_hex(16), node.name, time.time())
+        meta, chunks = self._session_paths(session.id)
+        session.lock_fd = self._shared_lock()
+        with open(os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            json.dump({"node": node.name, "started": session.started}, f)
+        with open(os.open(chunks, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"):
+            pass
+        with self._lock:
+            self._sessions[session.id] = session
+        return session
+
+    def session(self, node: Node, sid: str) -> Session:
+        """Return ``node``'s open session ``sid`` (resumed from disk after a restart)."""
+        if not _SID.match(sid):
+            raise Refused(404, "no such session")
+        with self._lock:
+            session = self._sessions.get(sid)
+        if session is None:
+            session = self._resume(sid)
+        if session.node != node.name:
+            raise forbidden(f"session {sid[:8]}… belongs to another node than {node.name}")
+        session.used = time.monotonic()
+        return session
+
+    def _resume(self, sid: str) -> Session:
+        meta, chunks = self._session_paths(sid)
+        try:
+            with open(meta, encoding="utf-8") as f:
+                doc = json.load(f)
+            with open(chunks, "rb") as f:
+                data = f.read()
+        except (OSError, ValueError):
+            raise Refused(404, "the session is gone (finished, dropped after an hour "
+                          "unused, or never begun); start the backup again") from None
+        whole = len(data) - len(data) % DIGEST  # a torn last record was never acknowledged
+        session = Session(sid, str(doc["node"]), float(doc["started"]))
+        session.uploaded = {data[i : i + DIGEST] for i in range(0, whole, DIGEST)}
+        session.lock_fd = self._shared_lock()
+        with self._lock:
+            session = self._sessions.setdefault(sid, session)
+        log.info("resumed session %s of node %s (%d chunks)", sid[:8], session.node,
+                 len(session.uploaded))
+        return session
+
+    def _shared_lock(self) -> int:
+        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Refused(503, "the datastore is being pruned on the server; try again "
+                          "when the prune has finished") from None
+        return fd
+
+    def end(self, session: Session) -> None:
+        """Close ``session``: forget it, release its lock, remove its records."""
+        with self._lock:
+            self._sessions.pop(session.id, None)
+        if session.lock_fd is not None:
+            os.close(session.lock_fd)
+            session.lock_fd = None
+        for path in self._session_paths(session.id):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def close(self) -> None:
+        """Release every session's lock (the records stay: a restarted server resumes them)."""
+        with self._lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            if session.lock_fd is not None:
+                os.close(session.lock_fd)
+
+    def _drop_idle(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            idle = [s for s in self._sessions.values() if now - s.used > SESSION_IDLE]
+        for session in idle:
+            log.info("dropped session %s of node %s: unused for an hour", session.id[:8],
+                     session.node)
+            self.end(session)
+        directory = os.path.join(self.server_dir, "sessions")
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - os.stat(path).st_mtime > SESSION_IDLE:
+                    sid = name.split(".", 1)[0]
+                    with self._lock:
+                        live = sid in self._sessions
+                    if not live:
+                        os.unlink(path)
+
+    # --- uploads and commits ------------------------------------------------------------
+
+    def upload_chunk(self, session: Session, name: str, body: bytes) -> None:
+        """Check ``body`` against chunk id ``name``, store it once, and acknowledge it."""
+        if not _HEX.match(name):
+            raise Refused(400, f"{name!r} is no chunk id (64 hex digits)")
+        digest, key = bytes.fromhex(name), f"chunks/{name}"
+        if digest in session.uploaded:
+            return
+        try:
+            if self._encrypted():
+                check_sealed(key, body)
+            else:
+                decode_chunk(body, digest, max_size=self.max_chunk())
+        except DamagedObject:
+            raise Refused(
+                422, f"the upload of chunk {name[:16]}… does not match its id: refused"
+            ) from None
+        if not self.store.exists_many([key]):
+            self.store.put(key, body)
+        chunks = self._session_paths(session.id)[1]
+        with session.mutex:
+            with open(chunks, "ab") as f:
+                f.write(digest)
+            session.uploaded.add(digest)
+
+    def commit(self, node: Node, session: Session, key: str, manifest: bytes,
+               refs: bytes) -> bool:
+        """Commit manifest ``key`` of ``session``; return False when it was already there.
+
+        ``refs`` lists the chunks the manifest names; a plain manifest's own table is
+        used instead. Every one must be known to the session and stored.
+        """
+        kind, name = check_key(key)
+        if kind not in MANIFEST_KINDS or not _MANIFEST_NAME.match(name):
+            raise Refused(400, f"{key} cannot name a manifest")
+        if self.store.exists_many([key]):
+            if self.owner_of(key) == node.name and self.store.get(key) == manifest:
+                self.end(session)
+                return False  # a retried commit whose answer was lost
+            raise Refused(409, f"{key} already exists in the datastore")
+        digests = self._manifest_refs(key, kind, manifest, refs)
+        known = self.known(node.name)
+        foreign = [d for d in digests if d not in known and d not in session.uploaded]
+        if foreign:
+            raise forbidden(
+                f"{key} names {len(foreign)} chunks that node {node.name} neither uploaded "
+                "in this session nor named in its own manifests"
+            )
+        wanted = {f"chunks/{d.hex()}" for d in digests}
+        missing = wanted - self.store.exists_many(wanted)
+        if missing:
+            raise Refused(409, f"{key} names {len(missing)} chunks no longer stored "
+                          "(pruned meanwhile); run the backup again")
+        self.store.sync()
+        owner_dir = self._owner_dir(node.name, kind)
+        os.makedirs(owner_dir, mode=0o700, exist_ok=True)
+        _write_durably(os.path.join(owner_dir, name), b"".join(sorted(digests)))
+        self.store.put(key, manifest, durable=True)
+        self.end(session)
+        log.info("node %s committed %s (%d chunks, %d new in the session)", node.name, key,
+                 len(digests), len(session.uploaded))
+        return True
+
+    def _manifest_refs(self, key: str, kind: str, manifest: bytes, refs: bytes) -> set[bytes]:
+        try:
+            if self._encrypted():
+                check_sealed(key, manifest)
+            elif kind == "images":
+                return decode_manifest(manifest, key).stored_digests()
+            else:
+                return decode_file_manifest(manifest, key).stored_digests()
+        except DamagedObject as e:
+            raise Refused(422, f"the manifest upload is refused: {e}") from None
+        if len(refs) % DIGEST:
+            raise Refused(400, "the chunk list is not a whole number of 32-byte digests")
+        return {refs[i : i + DIGEST] for i in range(0, len(refs), DIGEST)}
+
+    # --- reading and deleting ---------------------------------------------------------------
+
+    def get(self, key: str) -> bytes:
+        """Return object ``key`` as stored (404 when missing)."""
+        try:
+            return self.store.get(key)
+        except ObjectMissing:
+            raise Refused(404, f"object {key} is missing from the datastore") from None
+
+    def delete(self, node: Node, key: str) -> None:
+        """Delete a manifest (admin only): its owner record goes with it; chunks wait for prune."""
+        if not node.admin:
+            raise forbidden(
+                f"node {node.name} may not delete {key}: deleting is the server's (an admin "
+                "token, or root on the server host)"
+            )
+        kind, name = check_key(key)
+        if kind not in MANIFEST_KINDS:
+            raise forbidden("chunks are deleted by prune on the server, not one by one")
+        self.store.delete(key)
+        owners = os.path.join(self.server_dir, "owners")
+        for owner in os.listdir(owners):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(owners, owner, kind, name))
+        log.warning("admin %s deleted %s", node.name, key)
+
+
+def _config_doc(data: bytes) -> dict[str, object]:
+    from core.repo.repository import RepoConfig
+
+    if len(data) > 1 << 20:
+        raise Refused(413, "a repository config is at most 1 MiB")
+    try:
+        doc = json.loads(data)
+        RepoConfig(**doc)
+    except (ValueError, TypeError) as e:
+        raise Refused(400, f"not a repository config: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != 1:
+        raise Refused(400, "not a repository config of format 1")
+    return doc
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def digests_of(data: bytes) -> Iterable[bytes]:
+    """Yield the 32-byte digests of a concatenated list."""
+    return (data[i : i + DIGEST] for i in range(0, len(data), DIGEST))
