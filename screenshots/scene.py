@@ -47,7 +47,7 @@ from core.progress import Progress
 from core.repo.catalog import CatalogEntry, catalog_of, volume_matches
 from core.repo.filemanifest import FileManifest
 from core.repo.format import ImageManifest, VolumeRecord
-from core.repo.repository import ROOT_DEFAULT
+from core.repo.repository import ROOT_DEFAULT, RepoStatus
 from core.signatures import FsType, Signature
 from core.targets import Volume, target_names, volume_record
 from tui.services import Catalog, CoreServices
@@ -769,6 +769,10 @@ class SceneServices(CoreServices):
     def plan_restore(self, entry: CatalogEntry, dest: str, *, preserve_label: bool) -> RestorePlan:
         """Return the guards' findings for restoring ``entry`` onto the scene's ``dest``."""
         return judge_restore(entry.manifest, restore_facts(dest), preserve_label=preserve_label)
+
+    def repository_status(self) -> RepoStatus:
+        """Return the scene's repository: the embedded default, answering."""
+        return RepoStatus(f"repo {ROOT_DEFAULT}", True)
 
     def close(self) -> None:
         """Nothing to close."""

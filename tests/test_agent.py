@@ -51,7 +51,8 @@ class Agent:
     """One agent process of a test: its socket, database and repository, and how to stop it."""
 
     def __init__(
-        self, socket_path: Path, db: Path, repo: Path, max_running: int = 2, cli: bool = False
+        self, socket_path: Path, db: Path, repo: Path | str, max_running: int = 2,
+        cli: bool = False,
     ) -> None:
         self.socket = socket_path
         self.db = db
@@ -103,9 +104,13 @@ class Agents:
         self.agents: list[Agent] = []
         self.clients: list[AgentClient] = []
 
-    def start(self, name: str = "agent", *, socket_dir: Path | None = None, **kw) -> Agent:
+    def start(
+        self, name: str = "agent", *, socket_dir: Path | None = None,
+        repo: Path | str | None = None, **kw,
+    ) -> Agent:
         sock = (socket_dir or self.tmp / f"{name}-run") / "agent.sock"
-        agent = Agent(sock, self.tmp / f"{name}-db" / "jobs.db", self.tmp / "repo", **kw)
+        where = self.tmp / "repo" if repo is None else repo
+        agent = Agent(sock, self.tmp / f"{name}-db" / "jobs.db", where, **kw)
         self.agents.append(agent)
         return agent.start()
 

@@ -831,3 +831,42 @@ def test_the_console_asks_an_encrypted_repository_s_passphrase_once(loopkit, tmp
         asyncio.run(main())
     finally:
         services.close()
+
+
+def test_the_header_names_the_server_and_node_and_says_whether_it_answers(repo_server,
+                                                                          monkeypatch):
+    """A real server: its address and node in the header; once stopped, 'not answering'."""
+    from conftest import server_repository
+
+    url = server_repository(repo_server, monkeypatch, node="web1")
+    host = url.split("://", 1)[1]
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        assert f"server {host}, node web1" in app.sub_title
+        assert "not answering" not in app.sub_title
+        repo_server.stop()
+        await pilot.press("r")  # rescan: the repository is asked again
+        await settle(app, pilot)
+        assert "not answering" in app.sub_title and host in app.sub_title
+        # The console still works: the device tree is there and takes keys.
+        await pilot.press("j")
+        assert app.screen is app.screen_stack[0]
+
+    drive(url, script)
+
+
+def test_an_unreachable_server_does_not_stop_the_console_from_opening(monkeypatch, tmp_path):
+    """Nothing listens at the address: the console opens, and its header says so."""
+    from serverkit import free_port
+
+    url = f"https://127.0.0.1:{free_port()}"
+    token = tmp_path / "token"
+    token.write_text("bvt1_whatever\n")
+    monkeypatch.setenv("BLOCKVAULT_TOKEN_FILE", str(token))
+    monkeypatch.setenv("BLOCKVAULT_FINGERPRINT", "AB" * 32)
+
+    async def script(app: BlockvaultApp, pilot: Pilot) -> None:
+        assert "not answering" in app.sub_title
+        await pilot.press("j")
+
+    drive(url, script)

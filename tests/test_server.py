@@ -19,6 +19,7 @@ import pytest
 from cliutil import ROOT, blockvault
 from imagekit import device_digest
 from serverkit import RepoServer, free_port, refusals
+from test_agent import agents  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.loop
 
@@ -259,3 +260,26 @@ def test_an_unreachable_server_mid_backup_fails_in_one_line_after_its_retry_time
     assert "cannot reach the repository server" in one_line(err)
     server.start()
     assert server.bv("a", "query", "image", "--json").json()["images"] == []
+
+
+def test_the_agent_backs_up_and_restores_through_the_server(
+    loopkit, server, agents, monkeypatch  # noqa: F811  (agents: the fixture)
+):
+    """The agent serves the server's repository: the command line's jobs run there."""
+    for name, value in server.client_env("a").items():
+        monkeypatch.setenv(name, value)
+    agent = agents.start(repo=server.url)
+    vol = random_volume(loopkit)
+    env = {"BLOCKVAULT_AGENT_SOCKET": str(agent.socket)}
+    res = blockvault("backup", "image", vol.device, "--json", env=env)
+    assert res.rc == 0, res.err
+    image = res.json()["image_id"]
+    assert [e["id"] for e in server.bv("a", "query", "image", "--json").json()["images"]] == [
+        image
+    ]
+    jobs = blockvault("jobs", "--json", env=env).json()["jobs"]
+    assert [j["report"]["image_id"] for j in jobs] == [image]  # it ran in the agent
+    dest = loopkit.attach(loopkit.image("24M"))
+    res = blockvault("restore", "image", vol.device, dest, "--confirm", dest, env=env)
+    assert res.rc == 0, res.err
+    assert device_digest(dest) == device_digest(vol.device)

@@ -27,9 +27,16 @@ from textual.worker import Worker, WorkerState
 from core.agent.client import AgentClient
 from core.errors import BlockvaultError
 from core.jobs import BackupSpec, JobSpec, JobState, JobView, RestoreSpec
+from core.repo.repository import RepoStatus
 from core.repo.sealed import set_prompt
 from tui.format import job_rate
-from tui.messages import DevicesScanned, HistoryLoaded, JobChanged, VolumeChecked
+from tui.messages import (
+    DevicesScanned,
+    HistoryLoaded,
+    JobChanged,
+    RepositoryProbed,
+    VolumeChecked,
+)
 from tui.screens.actions import ActionsScreen
 from tui.screens.backup_dialog import BackupDialog
 from tui.screens.confirm import ConfirmScreen
@@ -96,6 +103,8 @@ class BlockvaultApp(App[int]):
         self.watch_devices = watch_devices
         self.paused = False
         self.where_jobs_run = "jobs run in this console"
+        self.repo_status: RepoStatus | None = None
+        """Where the repository is and whether it answered (None: not asked yet)."""
         self._dirty: set[str] = set()
         self._finished_jobs: set[str] = set()
         """Jobs this console has painted as ended: one more ending reads the details again."""
@@ -148,9 +157,7 @@ class BlockvaultApp(App[int]):
         self.query_one("#devices", DeviceTreeView).focus()
         self.query_one("#jobs", JobTable).border_title = "jobs"
         self.query_one("#devices", DeviceTreeView).border_title = "devices"
-        self.sub_title = self.where_jobs_run
-        if self.read_only:
-            self.sub_title = f"read-only: restores hidden; {self.where_jobs_run}"
+        self.show_sub_title()  # the repository is asked by the first refresh, below
         for problem in self.theme_problems:
             self.notify(problem, title="theme", severity="warning", timeout=10)
         if not self.jobs.outlives_client:
@@ -198,6 +205,37 @@ class BlockvaultApp(App[int]):
         """Rescan the machine's block devices in a worker (and ask a passphrase again)."""
         self._passphrase_refused = False
         self.scan_devices()
+        self.probe_repository()
+
+    # --- the header: where the repository is, and where jobs run ---------------------------
+
+    def show_sub_title(self) -> None:
+        """Say in the header where the repository is, whether it answers, and where jobs run."""
+        if self.paused:
+            self.sub_title = "live updates paused (space resumes)"
+            return
+        status = self.repo_status
+        parts = ["read-only"] if self.read_only else []
+        if status is not None and not status.answers:
+            # What stops every backup goes first: at 80 columns the end is cut.
+            parts += [f"✗ {status.where} not answering", self.where_jobs_run]
+        else:
+            parts += [self.where_jobs_run, status.where if status else "repository: asking…"]
+        self.sub_title = " · ".join(parts)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="probe")
+    def probe_repository(self) -> None:
+        # A server may take seconds to time out: never on the UI thread, and the
+        # console is usable meanwhile (the details say so when they cannot load).
+        self.post_message(RepositoryProbed(self.services.repository_status()))
+
+    def on_repository_probed(self, message: RepositoryProbed) -> None:
+        was = self.repo_status
+        self.repo_status = message.status
+        self.show_sub_title()
+        problem = message.status.problem
+        if problem and (was is None or was.problem != problem):
+            self.notify(problem, title="repository", severity="warning", timeout=10)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="scan")
     def scan_devices(self) -> None:
@@ -487,9 +525,7 @@ class BlockvaultApp(App[int]):
     def action_toggle_pause(self) -> None:
         """Pause or resume live updates (jobs keep running)."""
         self.paused = not self.paused
-        self.sub_title = (
-            "live updates paused (space resumes)" if self.paused else self.where_jobs_run
-        )
+        self.show_sub_title()
         if not self.paused:
             self.paint_jobs()
 

@@ -13,6 +13,7 @@ from textual.message import Message
 from core.devices import DeviceTree
 from core.history import VolumeHistory
 from core.preflight import VolumeCheck
+from core.repo.repository import RepoStatus
 
 
 @dataclass
@@ -37,6 +38,13 @@ class HistoryLoaded(Message):
     path: str
     history: VolumeHistory | None
     error: str | None = None
+
+
+@dataclass
+class RepositoryProbed(Message):
+    """The repository (a directory or a server) was asked whether it answers."""
+
+    status: RepoStatus
 
 
 class JobChanged(Message):

@@ -18,7 +18,7 @@ from core.jobs import JobQueue, Jobs
 from core.preflight import VolumeCheck, check_volume
 from core.repo.catalog import CatalogEntry, catalog
 from core.repo.filemanifest import FileManifest
-from core.repo.repository import Repository
+from core.repo.repository import Repository, RepoStatus, repository_status
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ class CoreServices:
         recovered = recover_replay_mounts()
         plan = plan_restore(entry.manifest, dest, self._repo(), preserve_label=preserve_label)
         return replace(plan, findings=(*recovered, *plan.findings))
+
+    def repository_status(self) -> RepoStatus:
+        """Return where the repository is and whether it answers (asks a server: a thread)."""
+        return repository_status(self.repo_location)
 
     def close(self) -> None:
         """Cancel the jobs still running and wait for them."""

@@ -44,19 +44,19 @@ def agent_for(repo_location: str | None, *, start: bool = False) -> tuple[AgentC
         return None, "no agent runs"
     from core.agent.client import AgentClient, agent_running, start_agent
     from core.errors import BlockvaultError
-    from core.repo.repository import default_location
+    from core.repo.repository import canonical_location
 
     client = None
     try:
         if start and not agent_running(path):
             start_agent(path, repo_location=repo_location)
         client = AgentClient(path)  # one client: each costs a connection
-        served = os.path.realpath(str(client.health().get("repo")))
+        served = canonical_location(str(client.health().get("repo")))
     except BlockvaultError as e:
         if client is not None:
             client.close()
         return None, e.message
-    if served != os.path.realpath(repo_location or default_location()):
+    if served != canonical_location(repo_location):
         client.close()
         return None, "the agent serves another repository"
     return client, "jobs run in the agent"

@@ -131,7 +131,9 @@ def start_agent(
     if agent_running(path):
         return None
     db = os.path.abspath(db_path or default_db_path())
-    repo = os.path.abspath(repo_location) if repo_location else None
+    from core.repo.repository import canonical_location
+
+    repo = canonical_location(repo_location) if repo_location else None
     if command is None:
         cmd = agent_command(path, repo_location=repo, db_path=db)
     else:

@@ -68,6 +68,7 @@ from core.agent.store import SqliteJobStore, default_db_path
 from core.errors import BlockvaultError
 from core.findings import ReturnCode
 from core.jobs import JobQueue, JobView, spec_from_dict, view_to_dict
+from core.repo.repository import canonical_location
 
 log = logging.getLogger(__name__)
 
@@ -724,7 +725,7 @@ def serve(
     """
     socket_path = os.path.abspath(socket_path or DEFAULT_SOCKET)
     db_path = os.path.abspath(db_path or default_db_path())
-    repo_location = os.path.abspath(repo_location) if repo_location else None
+    repo_location = canonical_location(repo_location) if repo_location else None
     stop = stop or threading.Event()
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -749,9 +750,7 @@ def serve(
             log.warning("%s: %s", finding.code, finding.message)
         queue = JobQueue(repo_location, max_running=max_running, store=store)
         if repo_location is None:
-            from core.repo.repository import default_location
-
-            repo_location = os.path.abspath(default_location())
+            repo_location = canonical_location(None)
         agent = _Agent(socket_path, repo_location, queue)
         http = _Http(agent.app(), sock)
         undo.callback(http.join, STOP_GRACE)

@@ -41,7 +41,7 @@ from core.repo.format import (
     decode_manifest,
     encode_manifest,
 )
-from core.repo.remote import RemoteStore, connect, is_remote
+from core.repo.remote import RemoteStore, connect, is_remote, normalize_url
 from core.repo.sealed import SealedStore, secret_given, unlock, unlocked
 from core.repo.store import LocalStore, ObjectMissing, RepositoryError
 
@@ -53,6 +53,15 @@ ROOT_DEFAULT = "/var/lib/blockvault/repo"
 CONFIG_NAME = "config.json"
 DEFAULT_CHUNK_SIZE = 4 << 20
 DEFAULT_KEEP_VERSIONS = 3
+
+
+def canonical_location(location: str | None) -> str:
+    """Return ``location`` (None: the default) as two names for one repository compare equal.
+
+    A directory by its real path; a server by ``scheme://host:port``.
+    """
+    location = location or default_location()
+    return normalize_url(location) if is_remote(location) else os.path.realpath(location)
 
 
 def default_location() -> str:
@@ -474,3 +483,43 @@ class Repository:
     def delete_increment(self, increment_id: str) -> None:
         """Remove an increment's manifest; its chunks stay until ``repo prune``."""
         self.store.delete(f"increments/{increment_id}")
+
+
+@dataclass(frozen=True)
+class RepoStatus:
+    """Where the repository is, in words, and whether it answered when last asked."""
+
+    where: str
+    """"repo /var/lib/blockvault/repo", or "server host:port, node web1"."""
+    answers: bool
+    problem: str | None = None
+    """The one-line reason it did not answer (None when it did)."""
+
+
+def repository_status(location: str | None) -> RepoStatus:
+    """Return where ``location`` (None: the default) is and whether it answers now.
+
+    A directory answers when it holds a repository (or is the embedded default, made on
+    first use); a server when it accepts this node's token and serves its config. Never
+    raises: a front end shows the result, it does not act on it.
+    """
+    location = location or default_location()
+    if not is_remote(location):
+        path = os.path.abspath(location)
+        if os.path.exists(os.path.join(path, CONFIG_NAME)) or location == default_location():
+            return RepoStatus(f"repo {path}", True)
+        return RepoStatus(f"repo {path}", False, f"{path} is not a blockvault repository")
+    where = f"server {location.split('://', 1)[1].rstrip('/')}"
+    try:
+        remote = connect(location)
+    except RepositoryError as e:
+        return RepoStatus(where, False, e.message)
+    try:
+        where = f"server {remote.url.split('://', 1)[1]}, node {remote.node}"
+        if remote.config_bytes() is None:
+            return RepoStatus(where, False, f"the server {remote.url} holds no repository yet")
+        return RepoStatus(where, True)
+    except RepositoryError as e:
+        return RepoStatus(where, False, e.message)
+    finally:
+        remote.close()
