@@ -91,6 +91,7 @@ class Datastore:
         self._sessions: dict[str, Session] = {}
         self._known: dict[str, tuple[tuple[int, ...], frozenset[bytes]]] = {}
         self._lock = threading.Lock()
+        self._fixed_config: tuple[bool, int] | None = None
         for sub in ("owners", "sessions"):
             os.makedirs(os.path.join(self.server_dir, sub), mode=0o700, exist_ok=True)
 
@@ -169,12 +170,22 @@ class Datastore:
             os.rename(tmp, self.config_path)
         log.warning("node %s changed the key slots of repository %s", node.name, new["id"])
 
+    def _fixed(self) -> tuple[bool, int]:
+        """Return (encrypted, chunk size): fixed at ``repo init``, so read once."""
+        if self._fixed_config is None:
+            doc = self.config()
+            size = doc.get("chunk_size")
+            self._fixed_config = (
+                doc.get("encryption") is not None,
+                size if isinstance(size, int) else 4 << 20,
+            )
+        return self._fixed_config
+
     def _encrypted(self) -> bool:
-        return self.config().get("encryption") is not None
+        return self._fixed()[0]
 
     def _chunk_size(self) -> int:
-        size = self.config().get("chunk_size")
-        return size if isinstance(size, int) else 4 << 20
+        return self._fixed()[1]
 
     def max_chunk(self) -> int:
         """Return the largest chunk upload accepted."""
