@@ -37,21 +37,6 @@ BV = str(PROJECT_DIR / ".venv" / "bin" / "blockvault")
 KINDS = ("plain", "encrypted")
 
 
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    drop_caches()
-    start = time.monotonic()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    wall = time.monotonic() - start
-    if done.returncode not in (0, 8):
-        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return wall
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -101,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                     common = ["--repo", str(repo), "--no-agent"]
                     backup = [BV, "backup", "image", dev, "--imagetype", "static", *common]
                     restore = [BV, "restore", "image", dev, target, "--confirm", target, *common]
-                    times[(kind, "backup")].append(timed(backup, env))
-                    times[(kind, "restore")].append(timed(restore, env))
+                    times[(kind, "backup")].append(volume.timed_command(backup, env))
+                    times[(kind, "restore")].append(volume.timed_command(restore, env))
                     print(
                         f"round {rnd + 1} {kind}: backup {times[(kind, 'backup')][-1]:.2f} s, "
                         f"restore {times[(kind, 'restore')][-1]:.2f} s",

@@ -47,21 +47,6 @@ BV = str(PROJECT_DIR / ".venv" / "bin" / "blockvault")
 KINDS = ("local", "server")
 
 
-def drop_caches() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    drop_caches()
-    start = time.monotonic()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-    wall = time.monotonic() - start
-    if done.returncode not in (0, 8):
-        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
-    return wall
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,7 +115,7 @@ def four_clients(server: Server, dev: str, env: dict[str, str]) -> tuple[int, fl
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    drop_caches()
+    volume.drop_caches()
     start = time.monotonic()
     procs = [
         subprocess.Popen(
@@ -206,9 +191,9 @@ def main(argv: list[str] | None = None) -> int:
                     common = ["--repo", location, "--no-agent"]
                     backup = [BV, "backup", "image", dev, "--imagetype", "static", *common]
                     restore = [BV, "restore", "image", dev, target, "--confirm", target, *common]
-                    times[(kind, "full backup")].append(timed(backup, run_env))
-                    times[(kind, "unchanged re-backup")].append(timed(backup, run_env))
-                    times[(kind, "restore")].append(timed(restore, run_env))
+                    for op, argv in (("full backup", backup), ("unchanged re-backup", backup),
+                                     ("restore", restore)):
+                        times[(kind, op)].append(volume.timed_command(argv, run_env))
                     print(f"round {rnd + 1} {kind}: " + ", ".join(
                         f"{op} {times[(kind, op)][-1]:.2f} s" for op in ops), flush=True)
                     if kind == "server":

@@ -69,6 +69,23 @@ os.environ["PATH"] = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin
 # --------------------------------------------------------------------------- loop devices
 
 
+def drop_caches() -> None:
+    """Write back and drop the page cache: the next run reads cold."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def timed_command(argv: list[str], env: dict[str, str]) -> float:
+    """Return the wall seconds of ``argv`` run from a cold cache (exit 0 or 8, else stop)."""
+    drop_caches()
+    start = time.monotonic()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - start
+    if done.returncode not in (0, 8):
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+    return wall
+
+
 def run(*cmd: str, **kw) -> str:
     """Run ``cmd``; return stdout; raise with stderr on failure."""
     p = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)

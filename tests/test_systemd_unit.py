@@ -13,17 +13,19 @@ import pytest
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "blockvault-agent.service"
 
 
-def test_systemd_analyze_verify_accepts_the_unit(tmp_path):
+@pytest.mark.parametrize("name", ["blockvault-agent.service", "blockvault-server.service"])
+def test_systemd_analyze_verify_accepts_the_unit(tmp_path, name):
     """``systemd-analyze verify`` finds nothing wrong (with ExecStart pointed at this venv)."""
+    source = UNIT.parent / name
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.fail("systemd-analyze is missing: tests/run installs the systemd package")
     blockvault = Path(sys.executable).parent / "blockvault"
-    text = UNIT.read_text().replace("/usr/local/bin/blockvault", str(blockvault))
-    unit = tmp_path / UNIT.name
+    text = source.read_text().replace("/usr/local/bin/blockvault", str(blockvault))
+    unit = tmp_path / name
     unit.write_text(text)
     res = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
-    ours = [line for line in (res.stdout + res.stderr).splitlines() if UNIT.name in line]
+    ours = [line for line in (res.stdout + res.stderr).splitlines() if name in line]
     assert res.returncode == 0 and not ours, res.stdout + res.stderr
 
 
@@ -43,20 +45,6 @@ def test_the_unit_runs_the_agent_on_a_root_only_socket():
 
 
 SERVER_UNIT = UNIT.parent / "blockvault-server.service"
-
-
-def test_systemd_analyze_verify_accepts_the_server_unit(tmp_path):
-    """The repository server's unit passes ``systemd-analyze verify`` too."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.fail("systemd-analyze is missing: tests/run installs the systemd package")
-    blockvault = Path(sys.executable).parent / "blockvault"
-    text = SERVER_UNIT.read_text().replace("/usr/local/bin/blockvault", str(blockvault))
-    unit = tmp_path / SERVER_UNIT.name
-    unit.write_text(text)
-    res = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
-    ours = [line for line in (res.stdout + res.stderr).splitlines() if SERVER_UNIT.name in line]
-    assert res.returncode == 0 and not ours, res.stdout + res.stderr
 
 
 def test_the_server_unit_serves_a_datastore_it_may_write_and_nothing_else():
