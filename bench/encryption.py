@@ -60,21 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             print(volume.describe(meta))
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
-            dev = res.attach(image, read_only=True)
-            mount_point = work / "volume-mount-point"
-            mount_point.mkdir()
-            (work / "fstab").write_text(f"{dev} {mount_point} ext4 ro,noauto 0 0\n")
-            target_file = work / "target.img"
-            with open(target_file, "wb") as f:
-                f.truncate(volume.VOLUME_SIZE)
-            target = res.attach(target_file, read_only=False)
+            dev, target, env = volume.round_trip_devices(image, work, res)
             (work / "pw").write_text("bench passphrase\n")
-            env = {
-                **os.environ,
-                "BLOCKVAULT_FSTAB": str(work / "fstab"),
-                "BLOCKVAULT_AGENT_SOCKET": str(work / "no-agent.sock"),
-                "BLOCKVAULT_PASSPHRASE_FILE": str(work / "pw"),
-            }
+            env["BLOCKVAULT_PASSPHRASE_FILE"] = str(work / "pw")
             for rnd in range(args.runs):
                 for kind in KINDS if rnd % 2 == 0 else tuple(reversed(KINDS)):
                     repo = work / f"repo-{kind}"

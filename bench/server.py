@@ -161,20 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             print(volume.describe(meta))
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
-            dev = res.attach(image, read_only=True)
-            mount_point = work / "volume-mount-point"
-            mount_point.mkdir()
-            (work / "fstab").write_text(f"{dev} {mount_point} ext4 ro,noauto 0 0\n")
-            target_file = work / "target.img"
-            with open(target_file, "wb") as f:
-                f.truncate(volume.VOLUME_SIZE)
-            target = res.attach(target_file, read_only=False)
-            env = {
-                **os.environ,
-                "BLOCKVAULT_FSTAB": str(work / "fstab"),
-                "BLOCKVAULT_AGENT_SOCKET": str(work / "no-agent.sock"),
-                "BLOCKVAULT_STATE_DIR": str(work / "client-state"),
-            }
+            dev, target, env = volume.round_trip_devices(image, work, res)
+            env["BLOCKVAULT_STATE_DIR"] = str(work / "client-state")
             for rnd in range(args.runs):
                 for kind in KINDS if rnd % 2 == 0 else tuple(reversed(KINDS)):
                     there = work / f"{kind}-{rnd}"

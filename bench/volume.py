@@ -69,6 +69,30 @@ os.environ["PATH"] = os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin
 # --------------------------------------------------------------------------- loop devices
 
 
+def round_trip_devices(
+    image: Path, work: Path, res: Resources
+) -> tuple[str, str, dict[str, str]]:
+    """Attach ``image`` read-only and a sparse target of its size; return them and the env.
+
+    The environment gives blockvault an fstab of its own that names the source (not
+    mounted) and an agent socket nobody listens on, so every command runs here.
+    """
+    dev = res.attach(image, read_only=True)
+    mount_point = work / "volume-mount-point"
+    mount_point.mkdir()
+    (work / "fstab").write_text(f"{dev} {mount_point} ext4 ro,noauto 0 0\n")
+    target_file = work / "target.img"
+    with open(target_file, "wb") as f:
+        f.truncate(VOLUME_SIZE)
+    target = res.attach(target_file, read_only=False)
+    env = {
+        **os.environ,
+        "BLOCKVAULT_FSTAB": str(work / "fstab"),
+        "BLOCKVAULT_AGENT_SOCKET": str(work / "no-agent.sock"),
+    }
+    return dev, target, env
+
+
 def drop_caches() -> None:
     """Write back and drop the page cache: the next run reads cold."""
     os.sync()

@@ -102,15 +102,19 @@ def record(kind: str, target: str, device: str, *, book: str = "") -> UndoRecord
     return rec
 
 
-def write_durably(tmp: Path, path: Path, doc: dict[str, object]) -> None:
-    """Write ``doc`` as JSON to ``path``, whole or not at all, and durable when this returns.
+def write_durably(tmp: Path, path: Path, doc: dict[str, object] | bytes) -> None:
+    """Write ``doc`` (as JSON, or bytes as they are) to ``path``, whole or not at all, and
+    durable when this returns.
 
     Through ``tmp`` (created exclusively, never through a symlink), fsynced, renamed
     into place, and the directory fsynced.
     """
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, json.dumps(doc).encode())
+        data = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

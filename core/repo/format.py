@@ -61,6 +61,11 @@ def chunk_digest(data: bytes | memoryview) -> bytes:
     return blake3.blake3(data).digest()
 
 
+def split_digests(data: bytes) -> list[bytes]:
+    """Return the ``ID_BYTES``-long digests concatenated in ``data`` (a torn tail is dropped)."""
+    return [data[i : i + ID_BYTES] for i in range(0, len(data) - len(data) % ID_BYTES, ID_BYTES)]
+
+
 def chunk_key(digest: bytes) -> str:
     """Return the object key of a chunk digest."""
     return f"chunks/{digest.hex()}"

@@ -21,7 +21,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +30,7 @@ import httpcore
 import httpx
 from httpcore import NetworkStream, SyncBackend
 
+from core.repo.format import split_digests
 from core.repo.store import Buffers, ObjectMissing, RepositoryError, RepositoryWriteFailed
 from core.statedir import state_dir
 
@@ -115,22 +116,24 @@ def save_login(url: str, credentials: Credentials) -> str:
     return path
 
 
+def token_from_env() -> str:
+    """Return the token ``$BLOCKVAULT_TOKEN_FILE`` holds, else ``$BLOCKVAULT_TOKEN`` ("": none)."""
+    token_file = os.environ.get(TOKEN_FILE_ENV)
+    if not token_file:
+        return os.environ.get(TOKEN_ENV, "")
+    try:
+        with open(token_file, encoding="utf-8") as f:
+            return f.read(4096).strip()
+    except OSError as e:
+        raise ServerError(f"cannot read {TOKEN_FILE_ENV} ({token_file}): {e.strerror}") from None
+
+
 def credentials_for(url: str) -> Credentials:
     """Return this client's credentials for ``url``: the environment first, then the login file."""
     from core.tls import normalize_fingerprint
 
     saved = read_logins().get(url, {})
-    token = os.environ.get(TOKEN_ENV, "")
-    token_file = os.environ.get(TOKEN_FILE_ENV)
-    if token_file:
-        try:
-            with open(token_file, encoding="utf-8") as f:
-                token = f.read(4096).strip()
-        except OSError as e:
-            raise ServerError(
-                f"cannot read {TOKEN_FILE_ENV} ({token_file}): {e.strerror}"
-            ) from None
-    token = token or saved.get("token", "")
+    token = token_from_env() or saved.get("token", "")
     node = os.environ.get(NODE_ENV) or saved.get("node", "")
     if not token:
         raise ServerError(
@@ -287,7 +290,6 @@ class RemoteStore:
     ) -> None:
         self.url = normalize_url(url)
         self.root = self.url
-        self.credentials = credentials
         self.retry = retry or RetryPolicy.from_env()
         verify: ssl.SSLContext | bool = True
         if self.url.startswith("https://") and credentials.fingerprint:
@@ -300,19 +302,14 @@ class RemoteStore:
         )
         self._lock = threading.Lock()
         self._begin_lock = threading.Lock()
-        self._session: str | None = None
+        self._open: dict[str, str] = {}
+        """The open session's id under "sid": shared with the finalizer, which runs when
+        this store is gone and so cannot read it from the store."""
         self._known: set[bytes] | None = None
         self.node = credentials.node
-        self.admin = False
-        self.requests = 0
-        self.bytes_sent = 0
         # A backup that failed leaves its session open: abandon it when the store goes
         # (or the process exits), so the server drops it at once.
-        weakref.finalize(self, _abandon, self.client, self._session_ref())
-
-    def _session_ref(self) -> Callable[[], str | None]:
-        ref = weakref.ref(self)
-        return lambda: (s._session if (s := ref()) is not None else None)
+        self._finalizer = weakref.finalize(self, _close, self.client, self._open)
 
     # --- transport -------------------------------------------------------------------
 
@@ -322,8 +319,6 @@ class RemoteStore:
         pause = min(0.25, self.retry.interval)
         while True:
             try:
-                with self._lock:
-                    self.requests += 1
                 response = self.client.request(method, path, **kw)
             except httpx.TransportError as e:
                 if isinstance(e.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(e):
@@ -362,7 +357,7 @@ class RemoteStore:
                 f"the token given is node {doc.get('node')}'s, not {self.node}'s "
                 f"({self.url}); check {TOKEN_FILE_ENV} and {NODE_ENV}"
             )
-        self.node, self.admin = str(doc.get("node")), bool(doc.get("admin"))
+        self.node = str(doc.get("node"))
         return dict(doc)
 
     # --- the repository's config ---------------------------------------------------
@@ -395,14 +390,10 @@ class RemoteStore:
 
     def _begin(self) -> str:
         with self._begin_lock:  # the engine's workers all want one session
-            if self._session is None:
+            if "sid" not in self._open:
                 response = self._request("POST", "/v1/sessions")
-                self._session = str(self._check(response, "a backup session").json()["session"])
-            return self._session
-
-    def _abandon(self, sid: str) -> None:
-        with contextlib.suppress(httpx.HTTPError):
-            self.client.request("DELETE", f"/v1/sessions/{sid}", timeout=5.0)
+                self._open["sid"] = str(self._check(response, "a backup session").json()["session"])
+            return self._open["sid"]
 
     def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
         kind, _, name = key.partition("/")
@@ -417,7 +408,6 @@ class RemoteStore:
             except ServerError as e:
                 raise RepositoryWriteFailed(f"{e}; nothing of this backup was recorded") from None
         with self._lock:
-            self.bytes_sent += len(body)
             if self._known is not None:
                 self._known.add(bytes.fromhex(name))
 
@@ -430,8 +420,7 @@ class RemoteStore:
             "POST", f"/v1/sessions/{sid}/commit/{key}", content=body,
             headers={"x-manifest-length": str(len(manifest))},
         )
-        with self._lock:
-            self._session = None
+        self._open.pop("sid", None)
         try:
             self._check(response, f"the commit of {key}")
         except ServerError as e:
@@ -445,7 +434,7 @@ class RemoteStore:
             if self._known is not None:
                 return self._known
         data = self._check(self._request("GET", "/v1/known"), "the known chunks").content
-        known = {data[i : i + 32] for i in range(0, len(data) - len(data) % 32, 32)}
+        known = set(split_digests(data))
         with self._lock:
             if self._known is None:
                 self._known = known
@@ -491,23 +480,20 @@ class RemoteStore:
 
     def close(self) -> None:
         """Abandon an open session and close the connections."""
-        with self._lock:
-            sid, self._session = self._session, None
-        if sid:
-            self._abandon(sid)
-        self.client.close()
+        self._finalizer()
 
 
 def _joined(data: Buffers) -> bytes:
     return bytes(data) if isinstance(data, bytes | bytearray | memoryview) else b"".join(data)
 
 
-def _abandon(client: httpx.Client, session: Callable[[], str | None]) -> None:
-    sid = session()
-    with contextlib.suppress(Exception):
+def _close(client: httpx.Client, open_session: dict[str, str]) -> None:
+    """Abandon the open session, if any, and close the connections (once, whoever asks)."""
+    sid = open_session.pop("sid", None)
+    with contextlib.suppress(httpx.HTTPError):
         if sid:
             client.request("DELETE", f"/v1/sessions/{sid}", timeout=5.0)
-        client.close()
+    client.close()
 
 
 def connect(location: str) -> RemoteStore:

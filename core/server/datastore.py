@@ -29,20 +29,26 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from core.errors import BlockvaultError
 from core.repo.crypto import check_sealed
 from core.repo.filemanifest import FILE_CHUNK, decode_file_manifest
-from core.repo.format import DamagedObject, decode_chunk, decode_manifest
+from core.repo.format import (
+    ID_BYTES,
+    DamagedObject,
+    decode_chunk,
+    decode_manifest,
+    split_digests,
+)
 from core.repo.store import LocalStore, ObjectMissing, check_key
 from core.server.nodes import SERVER_DIR, Node, NodeRegistry
+from core.undo import write_durably
 
 log = logging.getLogger("blockvault.server")
 
 MANIFEST_KINDS = ("images", "increments")
-DIGEST = 32
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _SID = re.compile(r"^[0-9a-f]{32}$")
 _MANIFEST_NAME = re.compile(r"^[0-9]{8}T[0-9A-Za-z.]{6,20}-[0-9a-f]{6}$")
@@ -162,12 +168,7 @@ class Datastore:
             }
             if not same or not enc_new.get("slots"):
                 raise Refused(400, "a node may change only the key slots, and one must stay")
-            tmp = self.config_path + ".tmp"
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                f.write(json.dumps(new, indent=2).encode())
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self.config_path)
+            _write_durably(self.config_path, json.dumps(new, indent=2).encode())
         log.warning("node %s changed the key slots of repository %s", node.name, new["id"])
 
     def _fixed(self) -> tuple[bool, int]:
@@ -230,7 +231,7 @@ class Datastore:
                         refs = f.read()
                 except FileNotFoundError:
                     continue
-                digests.update(refs[i : i + DIGEST] for i in range(0, len(refs), DIGEST))
+                digests.update(split_digests(refs))
         frozen = frozenset(digests)
         with self._lock:
             self._known[node] = (stamp, frozen)
@@ -271,7 +272,7 @@ class Datastore:
             return [k.split("/", 1)[1] for k in self.store.list(kind)]
         if kind == "chunks":
             data = self.known_stored(node.name)
-            return [data[i : i + DIGEST].hex() for i in range(0, len(data), DIGEST)]
+            return [d.hex() for d in split_digests(data)]
         return self.owned(node.name, kind)
 
     # --- sessions -------------------------------------------------------------------
@@ -317,9 +318,9 @@ class Datastore:
         except (OSError, ValueError):
             raise Refused(404, "the session is gone (finished, dropped after an hour "
                           "unused, or never begun); start the backup again") from None
-        whole = len(data) - len(data) % DIGEST  # a torn last record was never acknowledged
         session = Session(sid, str(doc["node"]), float(doc["started"]))
-        session.uploaded = {data[i : i + DIGEST] for i in range(0, whole, DIGEST)}
+        # A torn last record was never acknowledged: split_digests drops it.
+        session.uploaded = set(split_digests(data))
         session.lock_fd = self._shared_lock()
         with self._lock:
             session = self._sessions.setdefault(sid, session)
@@ -449,9 +450,9 @@ class Datastore:
                 return decode_file_manifest(manifest, key).stored_digests()
         except DamagedObject as e:
             raise Refused(422, f"the manifest upload is refused: {e}") from None
-        if len(refs) % DIGEST:
+        if len(refs) % ID_BYTES:
             raise Refused(400, "the chunk list is not a whole number of 32-byte digests")
-        return {refs[i : i + DIGEST] for i in range(0, len(refs), DIGEST)}
+        return set(split_digests(refs))
 
     # --- reading and deleting ---------------------------------------------------------------
 
@@ -503,19 +504,4 @@ def _mtime(path: str) -> int:
 
 
 def _write_durably(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def digests_of(data: bytes) -> Iterable[bytes]:
-    """Yield the 32-byte digests of a concatenated list."""
-    return (data[i : i + DIGEST] for i in range(0, len(data), DIGEST))
+    write_durably(Path(f"{path}.tmp-{secrets.token_hex(4)}"), Path(path), data)

@@ -21,8 +21,10 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from core.errors import BlockvaultError
+from core.undo import write_durably
 
 SERVER_DIR = "server"
 REGISTRY_NAME = "nodes.json"
@@ -126,12 +128,9 @@ class NodeRegistry:
             fcntl.flock(fd, fcntl.LOCK_EX)
             nodes = self._read() if os.path.exists(self.path) else {}
             yield nodes
-            tmp = f"{self.path}.tmp-{os.getpid()}"
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                json.dump({"nodes": [asdict(n) for n in nodes.values()]}, f, indent=2)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, self.path)
+            doc: dict[str, object] = {"nodes": [asdict(n) for n in nodes.values()]}
+            tmp = Path(f"{self.path}.tmp-{secrets.token_hex(4)}")
+            write_durably(tmp, Path(self.path), doc)
         finally:
             os.close(fd)
 

@@ -17,6 +17,7 @@ from core.repo.remote import (
     ServerError,
     normalize_url,
     save_login,
+    token_from_env,
 )
 from core.server.nodes import NodeRegistry
 from core.server.serve import DEFAULT_PORT, DEFAULT_STATE_DIR, ServeOptions, serve
@@ -137,13 +138,9 @@ def cmd_login(args: argparse.Namespace, out: Console) -> int:
 
 
 def _read_token() -> str:
-    path = os.environ.get(TOKEN_FILE_ENV)
-    if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                return f.read(4096).strip()
-        except OSError as e:
-            raise ServerError(f"cannot read {TOKEN_FILE_ENV} ({path}): {e.strerror}") from None
+    token = token_from_env()
+    if token:
+        return token
     if not sys.stdin.isatty():
         raise ServerError(f"login needs the node's token: give it in {TOKEN_FILE_ENV}, or run "
                           "on a terminal to type it")
