@@ -283,3 +283,49 @@ def test_the_agent_backs_up_and_restores_through_the_server(
     res = blockvault("restore", "image", vol.device, dest, "--confirm", dest, env=env)
     assert res.rc == 0, res.err
     assert device_digest(dest) == device_digest(vol.device)
+
+
+def test_the_clients_own_connections_survive_a_restarted_server_and_are_closed_with_it(
+    loopkit, server, monkeypatch
+):
+    """Reads and uploads go over the client's keep-alive connections (not httpx's): one
+    the server dropped is replaced; a refusal on them still says why; closing the store
+    closes them all."""
+    import threading
+
+    from core.repo.format import chunk_digest, chunk_key, encode_chunk
+    from core.repo.remote import Forbidden, connect
+
+    vol = random_volume(loopkit)
+    image = server.bv("a", "backup", "image", vol.device, "--json").json()["image_id"]
+    for name, value in server.client_env("a").items():
+        monkeypatch.setenv(name, value)
+    store = connect(server.url)
+    manifest = store.get(f"images/{image}")
+    assert len(store.fast._sockets) == 1
+    server.stop()
+    server.start()  # the same port: the connection kept alive is now dead
+    assert store.get(f"images/{image}") == manifest
+    # An upload from a worker thread that then ends: its connection is closed with the
+    # next thread's first one, not kept for the store's life.
+    header, payload = encode_chunk(b"fresh content " * 5000)
+    digest = chunk_digest(b"fresh content " * 5000)
+    worker = threading.Thread(target=store.put, args=(chunk_key(digest), [header, payload]))
+    worker.start()
+    worker.join()
+    sessions = (server.store / "server" / "sessions").glob("*.chunks")
+    assert any(digest in path.read_bytes() for path in sessions)  # acknowledged
+    threads = [threading.Thread(target=store.get, args=(f"images/{image}",)) for _ in range(3)]
+    for t in threads:
+        t.start()
+        t.join()
+    assert len(store.fast._sockets) <= 2  # this thread's and the last worker's
+    store.close()
+    assert store.fast._sockets == {}
+    # A node refused on these connections hears why, in one line.
+    for name, value in server.client_env("b").items():
+        monkeypatch.setenv(name, value)
+    other = connect(server.url)
+    with pytest.raises(Forbidden, match="another node"):
+        other.get(f"images/{image}")
+    other.close()

@@ -326,7 +326,7 @@ def _write_chunks(
     run_workers(
         ((i, d) for i, d in manifest.chunks() if d != ZERO_ID),
         worker,
-        threads=workers or (os.cpu_count() or 1) + 1,
+        threads=workers or repo.store.readers,
         check_cancel=meter.check_cancel,
         name="bv-restore",
     )

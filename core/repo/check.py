@@ -14,7 +14,7 @@ from core.findings import Finding
 from core.progress import Meter, ProgressFn
 from core.repo.crypto import check_sealed
 from core.repo.filemanifest import FileManifest
-from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_key, decode_chunk
+from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_key, verify_chunk
 from core.repo.repository import Repository
 from core.repo.store import ObjectMissing, RepositoryError
 from core.report import JobReport
@@ -106,7 +106,7 @@ def _check_sealed(
             meter.add(1)
 
     run_workers(
-        keys, verify, threads=os.cpu_count() or 1, check_cancel=meter.check_cancel, name="bv-check"
+        keys, verify, threads=repo.store.readers, check_cancel=meter.check_cancel, name="bv-check"
     )
     report.images, report.increments = len(repo.image_ids()), len(repo.increment_ids())
     report.chunks = len(keys) - report.images - report.increments
@@ -144,8 +144,7 @@ def _check(
             key = chunk_key(digest)
             try:
                 if read_data:
-                    plain = decode_chunk(repo.store.get(key), digest, name=repo.digest)
-                    size = len(plain)
+                    size = verify_chunk(repo.store.get(key), digest, name=repo.digest)
                 else:  # sealed: the checksum of what is stored, not opened
                     size = len(check_sealed(key, repo.local.get(key)))
                 with lock:
@@ -161,7 +160,7 @@ def _check(
     run_workers(
         digests,
         verify,
-        threads=os.cpu_count() or 1,
+        threads=repo.store.readers,
         check_cancel=meter.check_cancel,
         name="bv-check",
     )

@@ -87,20 +87,9 @@ def encode_chunk(data: bytes | memoryview) -> tuple[bytes, bytes | memoryview]:
     return _HEADER_RAW, data
 
 
-def decode_chunk(
-    stored: bytes,
-    digest: bytes,
-    *,
-    max_size: int = 1 << 30,
-    name: Callable[[bytes | memoryview], bytes] = chunk_digest,
-) -> bytes:
-    """Return a chunk's plain bytes after checking them against ``digest``.
-
-    ``name`` computes a chunk's id from its content (keyed in an encrypted repository).
-
-    Raises:
-        DamagedObject: bad magic, unknown codec, undecodable payload or hash mismatch.
-    """
+def _checked_plain(
+    stored: bytes, digest: bytes, max_size: int, name: Callable[[bytes | memoryview], bytes]
+) -> bytes | memoryview:
     hexid = digest.hex()
     if stored[:4] != CHUNK_MAGIC or len(stored) < 5:
         raise DamagedObject(f"chunk {hexid} is damaged: bad header")
@@ -108,16 +97,47 @@ def decode_chunk(
     payload = memoryview(stored)[5:]
     if codec == CODEC_ZSTD:
         try:
-            plain = _decompressor().decompress(payload, max_output_size=max_size)
+            plain: bytes | memoryview = _decompressor().decompress(
+                payload, max_output_size=max_size
+            )
         except zstandard.ZstdError as e:
             raise DamagedObject(f"chunk {hexid} is damaged: {e}") from None
     elif codec == CODEC_RAW:
-        plain = bytes(payload)
+        plain = payload  # hashed where it lies: no copy
     else:
         raise DamagedObject(f"chunk {hexid} is damaged: unknown codec {codec}")
     if name(plain) != digest:
         raise DamagedObject(f"chunk {hexid} is damaged: its content does not match its hash")
     return plain
+
+
+def verify_chunk(
+    stored: bytes,
+    digest: bytes,
+    *,
+    max_size: int = 1 << 30,
+    name: Callable[[bytes | memoryview], bytes] = chunk_digest,
+) -> int:
+    """Check a stored chunk against ``digest`` and return its plain size (nothing is kept).
+
+    ``name`` computes a chunk's id from its content (keyed in an encrypted repository).
+
+    Raises:
+        DamagedObject: bad magic, unknown codec, undecodable payload or hash mismatch.
+    """
+    return len(_checked_plain(stored, digest, max_size, name))
+
+
+def decode_chunk(
+    stored: bytes,
+    digest: bytes,
+    *,
+    max_size: int = 1 << 30,
+    name: Callable[[bytes | memoryview], bytes] = chunk_digest,
+) -> bytes:
+    """Return a chunk's plain bytes once they match ``digest`` (see :func:`verify_chunk`)."""
+    plain = _checked_plain(stored, digest, max_size, name)
+    return plain if isinstance(plain, bytes) else bytes(plain)
 
 
 @dataclass(frozen=True)

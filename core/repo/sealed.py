@@ -140,6 +140,7 @@ class SealedStore:
     def __init__(self, inner: LocalStore | RemoteStore, keys: Keys) -> None:
         self.inner = inner
         self.keys = keys
+        self.readers = inner.readers
 
     def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
         """Seal ``data`` as object ``key`` and store it."""

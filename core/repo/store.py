@@ -60,6 +60,9 @@ def write_failed(root: str, key: str, error: OSError) -> RepositoryWriteFailed:
 class ObjectStore(Protocol):
     """Put, get, batch-exists, list and delete immutable objects by key."""
 
+    readers: int
+    """How many gets in flight keep this store busy (a restore's or a check's threads)."""
+
     def put(self, key: str, data: Buffers) -> None:
         """Store ``data`` (one buffer, or several to concatenate) under ``key`` atomically."""
         ...
@@ -143,6 +146,9 @@ class LocalStore:
     each; :meth:`sync` makes them durable in one ``syncfs`` before any manifest that
     names them is written (manifests are put with ``durable=True``).
     """
+
+    readers = (os.cpu_count() or 1) + 1
+    """A disk answers at once: a reader per core, and one more to overlap the writes."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.fspath(root)

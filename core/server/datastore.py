@@ -38,9 +38,9 @@ from core.repo.filemanifest import FILE_CHUNK, decode_file_manifest
 from core.repo.format import (
     ID_BYTES,
     DamagedObject,
-    decode_chunk,
     decode_manifest,
     split_digests,
+    verify_chunk,
 )
 from core.repo.store import LocalStore, ObjectMissing, check_key
 from core.server.nodes import SERVER_DIR, Node, NodeRegistry
@@ -389,7 +389,7 @@ class Datastore:
             if self._encrypted():
                 check_sealed(key, body)
             else:
-                decode_chunk(body, digest, max_size=self.max_chunk())
+                verify_chunk(body, digest, max_size=self.max_chunk())
         except DamagedObject:
             raise Refused(
                 422, f"the upload of chunk {name[:16]}… does not match its id: refused"
