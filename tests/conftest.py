@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cliutil import blockvault
 from loopkit import REQUIRE_ENV, LoopKit, kit_leftovers, loop_unavailable_reason
+from s3kit import Gateway, gateway_or_skip, new_bucket_location
 from serverkit import RepoServer
 
 KIT_ROOT = Path("/tmp/blockvault-tests") / f"run-{os.getpid()}"
@@ -102,14 +104,43 @@ def server_repository(server: RepoServer, monkeypatch: pytest.MonkeyPatch, node:
     return server.url
 
 
-@pytest.fixture(params=["directory", "server"])
+@pytest.fixture(scope="session")
+def rgw() -> Iterator[Gateway]:
+    """The real S3 server of this run: the one tests/run started, or a private one."""
+    gateway = gateway_or_skip()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()  # only one this session started
+
+
+@pytest.fixture
+def s3_location(rgw: Gateway, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://BUCKET/repo`` in a bucket of this test's own; the AWS variables set for clients."""
+    for name, value in rgw.env.items():
+        monkeypatch.setenv(name, value)
+    return new_bucket_location(rgw)
+
+
+def bucket_repository(location: str, encryption: str = "none") -> str:
+    """Make the repository at the bucket location ``location``."""
+    res = blockvault("repo", "init", "--repo", location, "--encryption", encryption)
+    assert res.rc == 0, res.out + res.err
+    return location
+
+
+@pytest.fixture(params=["directory", "server", "s3"])
 def repo_location(request: pytest.FixtureRequest, tmp_path: Path,
                   monkeypatch: pytest.MonkeyPatch) -> str:
-    """A repository location: a directory (made on first use), or a fresh repository server's.
+    """A repository location: a directory (made on first use), a fresh repository
+    server's, or a fresh bucket on the real RGW.
 
     Tests that take it run once against each backend; with the server, this process's
-    environment names the node, its token file and the pinned fingerprint.
+    environment names the node, its token file and the pinned fingerprint; with S3, the
+    endpoint and keys.
     """
     if request.param == "directory":
         return str(tmp_path / "repo")
+    if request.param == "s3":
+        return bucket_repository(request.getfixturevalue("s3_location"))
     return server_repository(request.getfixturevalue("repo_server"), monkeypatch)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from cliutil import blockvault
 from imagekit import device_digest
+from s3kit import overwrite_object, read_object, remove_object
 from serverkit import datastore_of
 
 from core.repo.repository import Repository
@@ -210,10 +211,9 @@ def test_prune_keeps_what_increments_need_and_check_verifies_them(week):
     # Damage the piece only Wednesday's file 3 has: check names the increment and path.
     inc = Repository.open(repo, create=False).increment(days["wednesday"]["increment_id"])
     digest = inc.by_path()["file3"].chunks[0].hex()
-    victim = Path(repo, "chunks", digest[:2], digest)
-    data = bytearray(victim.read_bytes())
+    data = bytearray(read_object(repo, f"chunks/{digest}"))
     data[-1] ^= 0xFF
-    victim.write_bytes(bytes(data))
+    overwrite_object(repo, f"chunks/{digest}", bytes(data))
     check = bv(repo, "repo", "check", "--json")
     assert check.rc == 12
     assert any(
@@ -227,7 +227,7 @@ def test_a_missing_increment_fails_the_restore_of_its_time_and_repo_check_names_
     vol, repo, days, states = week
     wednesday = days["wednesday"]["increment_id"]
     pit = pit_args(finished(repo, days["wednesday"]))
-    Path(datastore_of(repo), "increments", wednesday[:2], wednesday).unlink()
+    remove_object(repo, f"increments/{wednesday}")
     dest = loopkit.attach(loopkit.image("64M"))
     before = device_digest(dest)
 

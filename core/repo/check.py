@@ -16,6 +16,7 @@ from core.repo.crypto import check_sealed
 from core.repo.filemanifest import FileManifest
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_key, verify_chunk
 from core.repo.repository import Repository
+from core.repo.s3 import S3Store
 from core.repo.store import ObjectMissing, RepositoryError
 from core.report import JobReport
 from core.workers import run_workers
@@ -30,6 +31,8 @@ class CheckReport(JobReport):
     chunks: int = 0
     bytes_checked: int = 0
     duration: float = 0.0
+    requests: int | None = None
+    """Requests sent to the object store (a bucket's; None for a directory or a server)."""
     findings: list[Finding] = field(default_factory=list)
 
 
@@ -68,15 +71,25 @@ def check_repository(
     sealed): a finding says so. Holds the shared lock, so that no prune deletes
     objects under the check.
     """
+    if repo.encrypted and repo.keys is None and read_data:
+        raise RepositoryError(
+            f"repo check --read-data opens every chunk: {repo.location} is encrypted, "
+            "give its passphrase"
+        )
+    before = _requests(repo)
     with repo.lock():
         if repo.encrypted and repo.keys is None:
-            if read_data:
-                raise RepositoryError(
-                    f"repo check --read-data opens every chunk: {repo.location} is encrypted, "
-                    "give its passphrase"
-                )
-            return _check_sealed(repo, progress, cancel)
-        return _check(repo, progress, cancel, read_data or not repo.encrypted)
+            report = _check_sealed(repo, progress, cancel)
+        else:
+            report = _check(repo, progress, cancel, read_data or not repo.encrypted)
+    if before is not None:
+        report.requests = (_requests(repo) or 0) - before
+    return report
+
+
+def _requests(repo: Repository) -> int | None:
+    """Requests the repository's bucket was sent so far (None: no bucket)."""
+    return repo.local.request_total if isinstance(repo.local, S3Store) else None
 
 
 def _check_sealed(
@@ -280,6 +293,8 @@ class PruneReport(JobReport):
     temp_files_removed: int = 0
     chunks_kept: int = 0
     duration: float = 0.0
+    requests: int | None = None
+    """Requests sent to the object store (a bucket's; None for a directory or a server)."""
     findings: list[Finding] = field(default_factory=list)
 
 
@@ -292,6 +307,7 @@ def prune_repository(repo: Repository) -> PruneReport:
     """
     report = PruneReport()
     started = time.monotonic()
+    before = _requests(repo)
     with repo.lock(exclusive=True):
         referenced = {d for m in repo.images() for d in m.stored_digests()}
         referenced |= {d for m in repo.increments() for d in m.stored_digests()}
@@ -307,6 +323,17 @@ def prune_repository(repo: Repository) -> PruneReport:
                         **{kind.removesuffix("s"): object_id},
                     )
                 )
+        elif isinstance(repo.local, S3Store):
+            # One listing gives names and sizes; deletes go a thousand per request.
+            doomed = []
+            for key, size in repo.local.sizes("chunks").items():
+                if bytes.fromhex(key[7:]) in referenced:
+                    report.chunks_kept += 1
+                else:
+                    doomed.append(key)
+                    report.bytes_freed += size
+            repo.local.delete_many(doomed)
+            report.chunks_deleted = len(doomed)
         else:
             for digest in repo.chunk_digests():
                 if digest in referenced:
@@ -321,6 +348,8 @@ def prune_repository(repo: Repository) -> PruneReport:
             os.unlink(path)
             report.temp_files_removed += 1
     report.duration = time.monotonic() - started
+    if before is not None:
+        report.requests = (_requests(repo) or 0) - before
     return report
 
 

@@ -42,6 +42,7 @@ from core.repo.format import (
     encode_manifest,
 )
 from core.repo.remote import RemoteStore, connect, is_remote, normalize_url
+from core.repo.s3 import S3Store, is_s3, normalize_location
 from core.repo.sealed import SealedStore, secret_given, unlock, unlocked
 from core.repo.store import LocalStore, ObjectMissing, RepositoryError
 
@@ -61,6 +62,8 @@ def canonical_location(location: str | None) -> str:
     A directory by its real path; a server by ``scheme://host:port``.
     """
     location = location or default_location()
+    if is_s3(location):
+        return normalize_location(location)
     return normalize_url(location) if is_remote(location) else os.path.realpath(location)
 
 
@@ -135,17 +138,17 @@ class Repository:
         location: str,
         config: RepoConfig,
         keys: Keys | None = None,
-        remote: RemoteStore | None = None,
+        remote: RemoteStore | S3Store | None = None,
     ) -> None:
         self.location = location
         self.config = config
         self.keys = keys
         """The unwrapped keys of an encrypted repository (None: plain, or locked)."""
         self.remote = remote
-        """The server's store when the repository is on a repository server."""
-        self.local: LocalStore | RemoteStore = remote or LocalStore(location)
+        """The store when the repository is not a directory: a server's, or a bucket's."""
+        self.local: LocalStore | RemoteStore | S3Store = remote or LocalStore(location)
         """The objects as stored (sealed, in an encrypted repository)."""
-        self.store: LocalStore | RemoteStore | SealedStore = (
+        self.store: LocalStore | RemoteStore | S3Store | SealedStore = (
             self.local if keys is None else SealedStore(self.local, keys)
         )
         self.digest: Callable[[bytes | memoryview], bytes] = (
@@ -184,7 +187,7 @@ class Repository:
             )
         if keep_versions < 1:
             raise RepositoryError(f"--keep-versions must be at least 1, not {keep_versions}")
-        if is_remote(location):
+        if is_remote(location) or is_s3(location):
             return cls._init_remote(location, keep_versions, chunk_size, encryption, passphrase)
         if os.path.exists(os.path.join(location, CONFIG_NAME)):
             raise RepositoryError(f"{location} already holds a blockvault repository")
@@ -214,14 +217,20 @@ class Repository:
         encryption: str,
         passphrase: bytes | None,
     ) -> Repository:
-        remote = connect(location)
-        if remote.config_bytes() is not None:
-            raise RepositoryError(f"the server {remote.url} already holds a blockvault repository")
+        remote: RemoteStore | S3Store
+        if is_s3(location):
+            remote = S3Store(location)  # the config is created only where there is none
+        else:
+            remote = connect(location)
+            if remote.config_bytes() is not None:
+                raise RepositoryError(
+                    f"the server {remote.url} already holds a blockvault repository"
+                )
         config, keys = _new_config(keep_versions, chunk_size, encryption, passphrase)
         remote.create_config(json.dumps(asdict(config), indent=2).encode())
         if keys is not None:
             unlocked[config.id] = keys
-        return cls(remote.url, config, keys, remote)
+        return cls(remote.root, config, keys, remote)
 
     @classmethod
     def open(
@@ -238,7 +247,7 @@ class Repository:
             LockedRepository: encrypted, and no passphrase or key file opens it.
         """
         location = location or default_location()
-        if is_remote(location):
+        if is_remote(location) or is_s3(location):
             return cls._open_remote(location, locked)
         location = os.path.abspath(location)
         path = os.path.join(location, CONFIG_NAME)
@@ -258,18 +267,23 @@ class Repository:
 
     @classmethod
     def _open_remote(cls, location: str, locked: bool) -> Repository:
-        remote = connect(location)
+        remote = S3Store(location) if is_s3(location) else connect(location)
         raw = remote.config_bytes()
         if raw is None:
+            where = remote.root if is_s3(location) else f"the server {remote.root}"
             raise RepositoryError(
-                f"the server {remote.url} holds no repository yet; create it with "
-                f"'blockvault repo init --repo {remote.url}'"
+                f"{where} holds no repository yet; create it with "
+                f"'blockvault repo init --repo {remote.root}'"
             )
-        return cls._opened(remote.url, _parse_config(raw, remote.url), locked, remote)
+        return cls._opened(remote.root, _parse_config(raw, remote.root), locked, remote)
 
     @classmethod
     def _opened(
-        cls, location: str, config: RepoConfig, locked: bool, remote: RemoteStore | None = None
+        cls,
+        location: str,
+        config: RepoConfig,
+        locked: bool,
+        remote: RemoteStore | S3Store | None = None,
     ) -> Repository:
         if config.format != 1:
             raise RepositoryError(f"{location} has repository format {config.format}; unsupported")
@@ -336,8 +350,12 @@ class Repository:
 
         Prune deletes chunks no manifest names; a backup in flight may be about to
         name them, so the two never overlap. On a server the server holds the lock for
-        each session, and prune runs there.
+        each session, and prune runs there; in a bucket the lock is an object of its own.
         """
+        if isinstance(self.remote, S3Store):
+            with self.remote.lock(exclusive):
+                yield
+            return
         if self.remote is not None:
             if exclusive:
                 raise RepositoryError(
@@ -490,7 +508,7 @@ class RepoStatus:
     """Where the repository is, in words, and whether it answered when last asked."""
 
     where: str
-    """"repo /var/lib/blockvault/repo", or "server host:port, node web1"."""
+    """"repo /var/lib/blockvault/repo", "server host:port, node web1" or "bucket b/prefix"."""
     answers: bool
     problem: str | None = None
     """The one-line reason it did not answer (None when it did)."""
@@ -504,6 +522,20 @@ def repository_status(location: str | None) -> RepoStatus:
     raises: a front end shows the result, it does not act on it.
     """
     location = location or default_location()
+    if is_s3(location):
+        try:
+            bucket = S3Store(location)
+        except RepositoryError as e:
+            return RepoStatus(f"bucket {location}", False, e.message)
+        where = f"bucket {bucket.root.removeprefix('s3://')}"
+        try:
+            if bucket.config_bytes() is None:
+                return RepoStatus(where, False, f"{bucket.root} holds no repository yet")
+            return RepoStatus(where, True)
+        except RepositoryError as e:
+            return RepoStatus(where, False, e.message)
+        finally:
+            bucket.close()
     if not is_remote(location):
         path = os.path.abspath(location)
         if os.path.exists(os.path.join(path, CONFIG_NAME)) or location == default_location():

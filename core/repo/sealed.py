@@ -33,6 +33,7 @@ from core.repo.store import Buffers, LocalStore
 if TYPE_CHECKING:
     from core.repo.remote import RemoteStore
     from core.repo.repository import RepoConfig
+    from core.repo.s3 import S3Store
 
 unlocked: dict[str, Keys] = {}
 _unlocking = threading.Lock()
@@ -137,7 +138,7 @@ def forget_keys(repo_id: str) -> None:
 class SealedStore:
     """The object API over another store, sealing on ``put`` and opening on ``get``."""
 
-    def __init__(self, inner: LocalStore | RemoteStore, keys: Keys) -> None:
+    def __init__(self, inner: LocalStore | RemoteStore | S3Store, keys: Keys) -> None:
         self.inner = inner
         self.keys = keys
         self.readers = inner.readers

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import BlockvaultError
 from core.repo.remote import is_remote
 from core.repo.repository import Repository, default_location
+from core.repo.s3 import is_s3
 from tui.cli.keys import cmd_repo_key, init_passphrase, init_result
 from tui.cli.output import escape, help_page, print_findings, print_json
 from tui.format import human_size
@@ -23,7 +24,9 @@ def cmd_repo(args: argparse.Namespace, out: Console) -> int:
     if args.action == "init":
         location = args.repo or default_location()
         # Backups that leave the machine are sealed unless plain is asked for.
-        encryption = args.encryption or ("aes-256-gcm" if is_remote(location) else "none")
+        encryption = args.encryption or (
+            "aes-256-gcm" if is_remote(location) or is_s3(location) else "none"
+        )
         repo = Repository.init(
             location,
             keep_versions=args.keep_versions,
@@ -60,6 +63,7 @@ def cmd_repo(args: argparse.Namespace, out: Console) -> int:
                 f"checked {report.images} images, {report.increments} increments and "
                 f"{report.chunks} chunks "
                 f"({human_size(report.bytes_checked)})"
+                + (f" in {report.requests} requests" if report.requests is not None else "")
             )
             print_findings(out, report.findings)
             if report.return_code == 0:
@@ -72,6 +76,7 @@ def cmd_repo(args: argparse.Namespace, out: Console) -> int:
         out.print(
             f"deleted {pruned.chunks_deleted} chunks ({human_size(pruned.bytes_freed)} freed), "
             f"kept {pruned.chunks_kept}; removed {pruned.temp_files_removed} leftovers"
+            + (f" ({pruned.requests} requests)" if pruned.requests is not None else "")
         )
         print_findings(out, pruned.findings)
     return int(pruned.return_code)

@@ -1,0 +1,469 @@
+"""The object API on S3-compatible object storage (``--repo s3://BUCKET/PREFIX``).
+
+Endpoint, region and credentials follow the AWS conventions, read by boto3 itself:
+``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
+``~/.aws/``. Keys are ``PREFIX/KIND/NN/NAME`` (the name's first two characters: for
+chunks, hashed), the config ``PREFIX/config.json``, locks ``PREFIX/locks/…``.
+
+Nothing is ever overwritten: every object is created with ``If-None-Match: *``, so a
+chunk that is there already (412) was stored by someone else with the same content,
+and a manifest that is there already is refused unless it is the same bytes (a retry
+whose answer was lost). An S3 PUT is durable when it answers, so :meth:`sync` has
+nothing to do. Throttling and 5xx answers are retried by botocore (standard mode,
+with backoff); every request made is counted in :attr:`S3Store.requests`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from core.repo.store import (
+    Buffers,
+    ObjectMissing,
+    RepositoryError,
+    RepositoryWriteFailed,
+    UnreadableObject,
+    check_key,
+)
+
+SCHEME = "s3://"
+CONFIG_KEY = "config.json"
+READERS = 16
+"""Requests in flight: RGW and S3 answer in milliseconds, and each waits for the network."""
+LOCK_REFRESH = 300.0
+LOCK_STALE = 1800.0
+"""A lock not refreshed for this long belongs to a process that is gone."""
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_PREFIX = re.compile(r"^[A-Za-z0-9._/-]*$")
+
+
+class S3Error(RepositoryError):
+    """The bucket cannot be used: unreachable, refused, missing."""
+
+
+def is_s3(location: str) -> bool:
+    """True when ``location`` names a bucket (``s3://BUCKET/PREFIX``)."""
+    return location.startswith(SCHEME)
+
+
+def parse_location(location: str) -> tuple[str, str]:
+    """Return ``(bucket, prefix)`` of ``s3://BUCKET[/PREFIX]``, or raise :class:`S3Error`."""
+    rest = location[len(SCHEME) :] if is_s3(location) else ""
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise S3Error(
+            f"{location!r} is not a bucket address like s3://BUCKET/PREFIX (a bucket name is "
+            "3 to 63 lower-case letters, digits, dots and hyphens)"
+        )
+    parts = prefix.split("/")
+    if not _PREFIX.match(prefix) or (prefix and any(p in ("", ".", "..") for p in parts)):
+        raise S3Error(f"{location!r}: the prefix may hold letters, digits and . _ - / only")
+    return bucket, prefix
+
+
+def normalize_location(location: str) -> str:
+    """Return ``s3://BUCKET/PREFIX`` as one spelling (no trailing slash)."""
+    bucket, prefix = parse_location(location)
+    return f"{SCHEME}{bucket}/{prefix}" if prefix else f"{SCHEME}{bucket}"
+
+
+def _client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 8},
+        max_pool_connections=READERS + 4,
+        connect_timeout=10,
+        read_timeout=60,
+        # The payload is checked by its own hash (chunk ids, sealed checksums): a CRC of
+        # every body on top is CPU for nothing, and RGW 16 ignores it over HTTP anyway.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"},
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def _code(error: Exception) -> str:
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _status(error: Exception) -> int:
+    response = getattr(error, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+class S3Store:
+    """Objects in one bucket under one prefix, through one boto3 client (thread-safe)."""
+
+    readers = READERS
+
+    def __init__(self, location: str, client: Any = None) -> None:
+        self.bucket, self.prefix = parse_location(location)
+        self.root = normalize_location(location)
+        self.client = client or _client()
+        self.endpoint = str(self.client.meta.endpoint_url)
+        self.requests: Counter[str] = Counter()
+        """HTTP requests sent, by operation (PutObject, GetObject, …), retries included."""
+        self._count_lock = threading.Lock()
+        self.client.meta.events.register("before-send.s3.*", self._count)
+        self._known: set[str] | None = None
+        self._known_lock = threading.Lock()
+
+    def _count(self, event_name: str = "", **_kw: Any) -> None:
+        with self._count_lock:
+            self.requests[event_name.rsplit(".", 1)[-1]] += 1
+
+    @property
+    def request_total(self) -> int:
+        """Every request this store sent."""
+        with self._count_lock:
+            return sum(self.requests.values())
+
+    # --- keys and errors ---------------------------------------------------------
+
+    def _base(self, rest: str) -> str:
+        return f"{self.prefix}/{rest}" if self.prefix else rest
+
+    def _key(self, key: str) -> str:
+        kind, name = check_key(key)
+        return self._base(f"{kind}/{name[:2]}/{name}")
+
+    def _failed(self, error: Exception, what: str) -> RepositoryError:
+        """Return the one-line error for a failed request about ``what``."""
+        from botocore.exceptions import BotoCoreError, NoCredentialsError
+
+        code = _code(error)
+        if code == "NoSuchBucket":
+            return S3Error(
+                f"the bucket {self.bucket} does not exist at {self.endpoint}; create it with "
+                f"'blockvault repo init --repo {self.root}'"
+            )
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+            return S3Error(
+                f"{self.endpoint} refused {what} in bucket {self.bucket} ({code}): check "
+                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, and the bucket's policy"
+            )
+        if isinstance(error, NoCredentialsError):
+            return S3Error(
+                f"no S3 credentials for {self.root}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (~/.aws/credentials)"
+            )
+        if isinstance(error, BotoCoreError):
+            return S3Error(
+                f"cannot reach the S3 endpoint {self.endpoint} for {what}: {error}; is it up, "
+                "and is AWS_ENDPOINT_URL right?"
+            )
+        return S3Error(f"{self.endpoint} could not do {what} in {self.root}: {code or error}")
+
+    def _call(self, what: str, method: str, **kw: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, method)(Bucket=self.bucket, **kw)
+        except (ClientError, BotoCoreError) as e:
+            raise self._failed(e, what) from None
+
+    # --- the repository's config ---------------------------------------------------
+
+    def config_bytes(self) -> bytes | None:
+        """Return the repository config, or None when the prefix holds none yet."""
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._base(CONFIG_KEY))
+            return bytes(response["Body"].read())
+        except ClientError as e:
+            if _code(e) in ("NoSuchKey", "404"):
+                return None
+            raise self._failed(e, "reading the repository config") from None
+        except Exception as e:  # a BotoCoreError: unreachable, no credentials
+            raise self._failed(e, "reading the repository config") from None
+
+    def create_config(self, data: bytes) -> None:
+        """Make the repository (and the bucket, when it is missing); refused when one is there."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            if _status(e) != 404:
+                raise self._failed(e, "looking for the bucket") from None
+            self._call("creating the bucket", "create_bucket")
+        except BotoCoreError as e:
+            raise self._failed(e, "looking for the bucket") from None
+        if not self._create(self._base(CONFIG_KEY), data):
+            raise RepositoryError(f"{self.root} already holds a blockvault repository")
+
+    def replace_config(self, data: bytes, previous: bytes) -> None:
+        """Store a config whose key slots changed, if nobody changed it since ``previous``."""
+        from botocore.exceptions import ClientError
+
+        key = self._base(CONFIG_KEY)
+        head = self._call("reading the repository config", "get_object", Key=key)
+        if head["Body"].read() != previous:
+            raise RepositoryError(f"the repository's keys in {self.root} changed meanwhile")
+        # RGW 16 compares If-Match with the ETag unquoted (AWS takes either spelling).
+        etag = str(head["ETag"]).strip('"')
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, IfMatch=etag)
+        except ClientError as e:
+            if _status(e) == 412:
+                raise RepositoryError(
+                    f"the repository's keys in {self.root} changed meanwhile; run the command "
+                    "again"
+                ) from None
+            raise self._failed(e, "changing the repository's keys") from None
+
+    # --- the object API ------------------------------------------------------------
+
+    def _create(self, s3key: str, body: bytes) -> bool:
+        """PUT ``body`` unless ``s3key`` exists; return False when it did."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=s3key, Body=body, IfNoneMatch="*")
+            return True
+        except ClientError as e:
+            if _status(e) == 412:
+                return False
+            raise RepositoryWriteFailed(
+                f"{self._failed(e, f'storing {s3key}')}; nothing of this backup was recorded"
+            ) from None
+        except BotoCoreError as e:
+            raise RepositoryWriteFailed(
+                f"{self._failed(e, f'storing {s3key}')}; nothing of this backup was recorded"
+            ) from None
+
+    def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
+        """Store ``data`` as ``key``; a chunk already there is the same content."""
+        if not self._create(self._key(key), _joined(data)) and not key.startswith("chunks/"):
+            raise RepositoryWriteFailed(f"{key} already exists in {self.root}: not overwritten")
+        if key.startswith("chunks/"):
+            with self._known_lock:
+                if self._known is not None:
+                    self._known.add(key)
+
+    def commit(self, key: str, data: Buffers, refs: Iterable[bytes]) -> None:
+        """Store manifest ``key``: every chunk it names was acknowledged durable before."""
+        body = _joined(data)
+        if not self._create(self._key(key), body) and self.get(key) != body:
+            raise RepositoryWriteFailed(f"{key} already exists in {self.root}: not overwritten")
+
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return bytes(response["Body"].read())
+        except ClientError as e:
+            if _code(e) in ("NoSuchKey", "404"):
+                raise ObjectMissing(f"object {key} is missing from {self.root}") from None
+            if _code(e) == "NoSuchBucket":
+                raise self._failed(e, f"reading {key}") from None
+            raise UnreadableObject(f"cannot read {key} from {self.root}: {_code(e)}") from None
+        except BotoCoreError as e:
+            raise UnreadableObject(str(self._failed(e, f"reading {key}"))) from None
+
+    def _pages(self, rest: str) -> Iterator[dict[str, Any]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._base(rest)):
+                yield from page.get("Contents", [])
+        except (ClientError, BotoCoreError) as e:
+            raise self._failed(e, f"listing {rest}") from None
+
+    def _walk(self, kind: str) -> Iterator[tuple[str, str | None, int]]:
+        """Yield ``(key, None, size)`` per object of ``kind``, ``(s3key, why, size)`` per stray."""
+        for entry in self._pages(f"{kind}/"):
+            s3key, size = str(entry["Key"]), int(entry.get("Size", 0))
+            rest = s3key[len(self._base(f"{kind}/")) :]
+            fan, _, name = rest.partition("/")
+            try:
+                check_key(f"{kind}/{name}")
+            except ValueError:
+                yield s3key, "has a name no object can have", size
+                continue
+            if fan != name[:2]:
+                right = self._key(f"{kind}/{name}")
+                yield s3key, f"is under the wrong prefix (it belongs at {right})", size
+            else:
+                yield f"{kind}/{name}", None, size
+
+    def list(self, kind: str) -> Iterator[str]:
+        for key, why, _size in self._walk(kind):
+            if why is None:
+                yield key
+
+    def sizes(self, kind: str) -> dict[str, int]:
+        """Return every object of ``kind`` with its size, from the listing alone."""
+        return {key: size for key, why, size in self._walk(kind) if why is None}
+
+    def strays(self, kind: str) -> Iterator[tuple[str, str]]:
+        for where, why, _size in self._walk(kind):
+            if why is not None:
+                yield f"{SCHEME}{self.bucket}/{where}", why
+
+    def exists_many(self, keys: Iterable[str]) -> set[str]:
+        """Return the keys stored: chunks from one listing (kept up to date), others listed."""
+        keys = list(keys)
+        found: set[str] = set()
+        chunks = [k for k in keys if k.startswith("chunks/")]
+        if chunks:
+            with self._known_lock:
+                known = self._known
+            if known is None:
+                known = set(self.list("chunks"))
+                with self._known_lock:
+                    if self._known is None:
+                        self._known = known
+                    known = self._known
+            found.update(k for k in chunks if k in known)
+        others = [k for k in keys if not k.startswith("chunks/")]
+        for kind in {k.split("/", 1)[0] for k in others}:
+            names = set(self.list(kind))
+            found.update(k for k in others if k in names)
+        return found
+
+    def delete(self, key: str) -> None:
+        self._call(f"deleting {key}", "delete_object", Key=self._key(key))
+        with self._known_lock:
+            if self._known is not None:
+                self._known.discard(key)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete objects a thousand per request (DeleteObjects)."""
+        batch: builtins.list[str] = []
+        for key in keys:
+            batch.append(key)
+            if len(batch) == 1000:
+                self._delete_batch(batch)
+                batch = []
+        if batch:
+            self._delete_batch(batch)
+
+    def _delete_batch(self, keys: Sequence[str]) -> None:
+        response = self._call(
+            f"deleting {len(keys)} objects", "delete_objects",
+            Delete={"Objects": [{"Key": self._key(k)} for k in keys], "Quiet": True},
+        )
+        errors = response.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise S3Error(
+                f"{self.endpoint} did not delete {len(errors)} of {len(keys)} objects in "
+                f"{self.root} (first: {first.get('Key')}: {first.get('Code')})"
+            )
+        with self._known_lock:
+            if self._known is not None:
+                self._known.difference_update(keys)
+
+    def size_of(self, key: str) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return int(head["ContentLength"])
+        except ClientError as e:
+            if _status(e) == 404:
+                raise ObjectMissing(f"object {key} is missing from {self.root}") from None
+            raise self._failed(e, f"the size of {key}") from None
+        except BotoCoreError as e:
+            raise self._failed(e, f"the size of {key}") from None
+
+    def sync(self) -> None:
+        """Nothing to do: an S3 PUT is durable once it is answered."""
+
+    def release(self) -> None:
+        """Nothing to drain: every PUT is answered before the next step."""
+
+    def temp_files(self) -> Iterator[str]:
+        return iter(())  # a PUT is atomic: no partial object is ever visible
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+
+    # --- locks ---------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, exclusive: bool = False) -> Iterator[None]:
+        """Hold a lock object: shared for backups and restores, exclusive for prune.
+
+        Each holder writes ``locks/TIME-MODE-ID`` and then lists the locks: a shared
+        holder that sees an exclusive one, or an exclusive one that sees any other,
+        removes its own and gives way (two that race both give way; neither proceeds
+        under the other). A holder refreshes its lock every five minutes; one not
+        refreshed for half an hour is a process that is gone, and is ignored.
+        """
+        mode = "x" if exclusive else "s"
+        state = {"name": self._write_lock(mode)}
+        try:
+            busy = self._conflicts(state["name"], exclusive)
+            if busy:
+                what = "a backup or restore" if exclusive else "a prune"
+                raise RepositoryError(
+                    f"repository {self.root} is busy ({what} is running: lock {busy}); try "
+                    "again later"
+                )
+            stop = threading.Event()
+            refresher = threading.Thread(
+                target=self._refresh, args=(state, mode, stop), name="bv-s3-lock", daemon=True
+            )
+            refresher.start()
+            try:
+                yield
+            finally:
+                stop.set()
+                refresher.join()
+        finally:
+            with contextlib.suppress(RepositoryError):
+                self._call("removing this process's lock", "delete_object", Key=state["name"])
+
+    def _write_lock(self, mode: str) -> str:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        name = self._base(f"locks/{stamp}-{mode}-{uuid.uuid4().hex}")
+        who = f'{{"host": "{socket.gethostname()}", "pid": {os.getpid()}}}'.encode()
+        self._call("writing a lock", "put_object", Key=name, Body=who, IfNoneMatch="*")
+        return name
+
+    def _conflicts(self, mine: str, exclusive: bool) -> str | None:
+        now = time.time()
+        for entry in self._pages("locks/"):
+            name = str(entry["Key"])
+            if name == mine:
+                continue
+            modified = entry.get("LastModified")
+            if modified is not None and now - modified.timestamp() > LOCK_STALE:
+                continue
+            other = name.rsplit("/", 1)[-1].split("-")
+            if exclusive or (len(other) > 1 and other[1] == "x"):
+                return name.rsplit("/", 1)[-1]
+        return None
+
+    def _refresh(self, state: dict[str, str], mode: str, stop: threading.Event) -> None:
+        while not stop.wait(LOCK_REFRESH):
+            with contextlib.suppress(RepositoryError):
+                fresh = self._write_lock(mode)
+                old, state["name"] = state["name"], fresh
+                self._call("refreshing this process's lock", "delete_object", Key=old)
+
+
+def _joined(data: Buffers) -> bytes:
+    return bytes(data) if isinstance(data, bytes | bytearray | memoryview) else b"".join(data)

@@ -1,0 +1,129 @@
+"""A repository in a bucket of a real S3 server (Ceph's RGW on 127.0.0.1), as users meet it.
+
+The round trips, increments, replay, query, check and prune run against S3 through
+``repo_location`` in their own modules; here is what only a bucket has: the objects
+it holds, its one-line errors, its lock objects and the requests check and prune make.
+Nothing here fakes S3.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from cliutil import blockvault
+from conftest import bucket_repository
+from imagekit import device_digest
+from s3kit import bucket_keys
+from serverkit import free_port
+
+pytestmark = pytest.mark.loop
+
+
+def random_volume(loopkit, size_mib: int = 24):
+    vol = loopkit.volume(f"{size_mib}M", None)
+    with open(vol.device, "r+b") as f:
+        f.write(os.urandom((size_mib - 4) << 20))
+    return vol
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    return lines[0]
+
+
+def test_a_backup_lands_in_the_bucket_and_restores_from_it(loopkit, s3_location, tmp_path):
+    repo = bucket_repository(s3_location)
+    vol = random_volume(loopkit)
+    res = blockvault("backup", "image", vol.device, "--repo", repo, "--json")
+    assert res.rc == 0, res.err
+    image = res.json()["image_id"]
+    prefix = s3_location.split("/", 3)[3]
+    keys = bucket_keys(s3_location)
+    chunks = [k for k in keys if k.startswith(f"{prefix}/chunks/")]
+    assert f"{prefix}/config.json" in keys
+    assert f"{prefix}/images/{image[:2]}/{image}" in keys
+    assert len(chunks) == res.json()["chunks_new"] == 5
+    assert all(k.split("/")[2] == k.split("/")[3][:2] for k in chunks)  # hashed fan-out
+    assert not any(k.startswith(f"{prefix}/locks/") for k in keys)  # released
+    dest = loopkit.attach(loopkit.image("24M"))
+    res = blockvault("restore", "image", vol.device, dest, "--confirm", dest, "--repo", repo)
+    assert res.rc == 0, res.err
+    assert device_digest(dest) == device_digest(vol.device)
+
+
+def test_a_second_init_of_a_bucket_location_is_refused(s3_location):
+    bucket_repository(s3_location)
+    res = blockvault("repo", "init", "--repo", s3_location, "--encryption", "none")
+    assert res.rc == 12
+    assert "already holds a blockvault repository" in one_line(res.err)
+
+
+def test_a_new_bucket_repository_is_encrypted_unless_plain_is_asked_for(s3_location, tmp_path):
+    passphrase = tmp_path / "pass"
+    passphrase.write_text("correct horse battery staple\n")
+    res = blockvault("repo", "init", "--repo", s3_location, "--json",
+                     env={"BLOCKVAULT_PASSPHRASE_FILE": str(passphrase)})
+    assert res.rc == 0, res.err
+    assert res.json()["encryption"] == "aes-256-gcm"
+
+
+def test_a_missing_bucket_wrong_keys_and_no_endpoint_are_one_line_each(s3_location):
+    bucket_repository(s3_location)
+    missing = "s3://bv-no-such-bucket-here/repo"
+    res = blockvault("query", "image", "--repo", missing)
+    assert res.rc == 12
+    assert "bucket bv-no-such-bucket-here does not exist" in one_line(res.err)
+
+    res = blockvault("query", "image", "--repo", s3_location,
+                     env={"AWS_SECRET_ACCESS_KEY": "not-the-secret"})
+    assert res.rc == 12
+    line = one_line(res.err)
+    assert "refused" in line and "AWS_SECRET_ACCESS_KEY" in line
+    assert "not-the-secret" not in res.err + res.out
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    res = blockvault("query", "image", "--repo", s3_location,
+                     env={"AWS_ENDPOINT_URL": nowhere, "AWS_MAX_ATTEMPTS": "2"})
+    assert res.rc == 12
+    assert f"cannot reach the S3 endpoint {nowhere}" in one_line(res.err)
+
+    res = blockvault("query", "image", "--repo", "s3://Bad_Bucket/x")
+    assert res.rc == 12
+    assert "not a bucket address" in one_line(res.err)
+
+
+def test_prune_frees_unnamed_chunks_in_few_requests_and_waits_for_a_backup(loopkit, s3_location):
+    from core.repo.s3 import S3Store
+
+    repo = bucket_repository(s3_location)
+    vol = random_volume(loopkit)
+    image = blockvault("backup", "image", vol.device, "--repo", repo, "--json").json()["image_id"]
+    # While a backup holds its lock object, prune gives way and deletes nothing.
+    with S3Store(repo).lock():
+        res = blockvault("repo", "prune", "--repo", repo)
+        assert res.rc == 12
+        assert "busy" in one_line(res.err)
+    assert blockvault("delete", "backup", "--objtype", "image", "--image", image,
+                      "--repo", repo).rc == 0
+    res = blockvault("repo", "prune", "--repo", repo, "--json")
+    assert res.rc == 0, res.err
+    pruned = res.json()
+    assert pruned["chunks_deleted"] == 5 and pruned["bytes_freed"] > 20 << 20
+    # Lock (put, list, delete), manifests listed, chunks listed with their sizes, one
+    # DeleteObjects: not a request per chunk.
+    assert pruned["requests"] <= 10, pruned
+    assert not [k for k in bucket_keys(s3_location) if "/chunks/" in k]
+    check = blockvault("repo", "check", "--repo", repo, "--json")
+    assert check.rc == 0 and check.json()["requests"] >= 1
+
+
+def test_the_consoles_header_names_the_bucket_and_whether_it_answers(s3_location):
+    from core.repo.repository import repository_status
+
+    missing = repository_status(s3_location)
+    assert not missing.answers and "holds no repository yet" in (missing.problem or "")
+    bucket_repository(s3_location)
+    status = repository_status(s3_location)
+    assert status.answers and status.where == f"bucket {s3_location.removeprefix('s3://')}"
