@@ -66,3 +66,11 @@ def populate(root: Path, seed: int = 7) -> None:
     os.link(root / "big.bin", root / "big.hardlink")
     os.chmod(root / "bin" / "blob0", 0o751)
     os.sync()
+
+
+def random_volume(loopkit, size_mib: int = 24):
+    """A raw volume of ``size_mib`` MiB: random bytes, then 4 MiB of zeros (one zero chunk)."""
+    vol = loopkit.volume(f"{size_mib}M", None)
+    with open(vol.device, "r+b") as f:
+        f.write(os.urandom((size_mib - 4) << 20))
+    return vol

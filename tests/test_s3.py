@@ -8,23 +8,14 @@ Nothing here fakes S3.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from cliutil import blockvault
 from conftest import bucket_repository
-from imagekit import device_digest
+from imagekit import device_digest, random_volume
 from s3kit import bucket_keys
 from serverkit import free_port
 
 pytestmark = pytest.mark.loop
-
-
-def random_volume(loopkit, size_mib: int = 24):
-    vol = loopkit.volume(f"{size_mib}M", None)
-    with open(vol.device, "r+b") as f:
-        f.write(os.urandom((size_mib - 4) << 20))
-    return vol
 
 
 def one_line(text: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cliutil import ROOT, blockvault
-from imagekit import device_digest
+from imagekit import device_digest, random_volume
 from serverkit import RepoServer, free_port, refusals
 from test_agent import agents  # noqa: F401  (the fixture)
 
@@ -29,13 +29,6 @@ def one_line(text: str) -> str:
     lines = text.strip().splitlines()
     assert len(lines) == 1, text
     return lines[0]
-
-
-def random_volume(loopkit, size_mib: int = 24):
-    vol = loopkit.volume(f"{size_mib}M", None)
-    with open(vol.device, "r+b") as f:
-        f.write(os.urandom((size_mib - 4) << 20))
-    return vol
 
 
 def stored_bytes(store: Path) -> int:

@@ -522,36 +522,26 @@ def repository_status(location: str | None) -> RepoStatus:
     raises: a front end shows the result, it does not act on it.
     """
     location = location or default_location()
-    if is_s3(location):
-        try:
-            bucket = S3Store(location)
-        except RepositoryError as e:
-            return RepoStatus(f"bucket {location}", False, e.message)
-        where = f"bucket {bucket.root.removeprefix('s3://')}"
-        try:
-            if bucket.config_bytes() is None:
-                return RepoStatus(where, False, f"{bucket.root} holds no repository yet")
-            return RepoStatus(where, True)
-        except RepositoryError as e:
-            return RepoStatus(where, False, e.message)
-        finally:
-            bucket.close()
-    if not is_remote(location):
+    if not is_remote(location) and not is_s3(location):
         path = os.path.abspath(location)
         if os.path.exists(os.path.join(path, CONFIG_NAME)) or location == default_location():
             return RepoStatus(f"repo {path}", True)
         return RepoStatus(f"repo {path}", False, f"{path} is not a blockvault repository")
-    where = f"server {location.split('://', 1)[1].rstrip('/')}"
+    kind = "bucket" if is_s3(location) else "server"
+    where = f"{kind} {location.split('://', 1)[1].rstrip('/')}"
     try:
-        remote = connect(location)
+        store = S3Store(location) if is_s3(location) else connect(location)
     except RepositoryError as e:
         return RepoStatus(where, False, e.message)
     try:
-        where = f"server {remote.url.split('://', 1)[1]}, node {remote.node}"
-        if remote.config_bytes() is None:
-            return RepoStatus(where, False, f"the server {remote.url} holds no repository yet")
+        holder = store.root
+        if isinstance(store, RemoteStore):
+            where = f"server {store.url.split('://', 1)[1]}, node {store.node}"
+            holder = f"the server {store.url}"
+        if store.config_bytes() is None:
+            return RepoStatus(where, False, f"{holder} holds no repository yet")
         return RepoStatus(where, True)
     except RepositoryError as e:
         return RepoStatus(where, False, e.message)
     finally:
-        remote.close()
+        store.close()
