@@ -7,6 +7,9 @@
 #                               (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...) to eval
 #   tests/ceph-rgw.sh stop      kill the daemons this directory's pid files name, and
 #                               remove the directory
+#   tests/ceph-rgw.sh kill-gateway | start-gateway
+#                               SIGKILL the gateway alone, or start it again (same port,
+#                               same data): what a crash and a restart of RGW look like
 #
 # Everything lives in $CEPH_S3_DIR (default /tmp/blockvault-ceph-s3): config, keyring,
 # the mon's store, the OSD's sparse block file, sockets, logs, pid files. Nothing is
@@ -206,9 +209,28 @@ cmd_stop() {
     rm -rf "$DIR"
 }
 
+cmd_kill_gateway() {
+    local pid
+    pid=$(cat "$DIR/run/rgw.pid")
+    alive "$pid" && ours "$pid" && kill -KILL "$pid"
+    for _ in $(seq 100); do alive "$pid" || return 0; sleep 0.05; done
+    echo "ceph-rgw: the gateway $pid did not die" >&2
+    return 1
+}
+
+cmd_start_gateway() {
+    local endpoint
+    endpoint=$(sed -n "s/^export AWS_ENDPOINT_URL=//p" "$DIR/env" | tr -d "'")
+    daemon rgw radosgw -c "$CONF" -n client.rgw.a
+    wait_for 60 "the gateway at $endpoint" python3 -c "
+import urllib.request; urllib.request.urlopen('$endpoint/', timeout=2)"
+}
+
 case ${1:-} in
     install) cmd_install ;;
     start) cmd_start ;;
     stop) cmd_stop ;;
-    *) echo "usage: $0 install|start|stop" >&2; exit 2 ;;
+    kill-gateway) cmd_kill_gateway ;;
+    start-gateway) cmd_start_gateway ;;
+    *) echo "usage: $0 install|start|stop|kill-gateway|start-gateway" >&2; exit 2 ;;
 esac
