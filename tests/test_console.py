@@ -801,9 +801,10 @@ def test_the_console_asks_an_encrypted_repository_s_passphrase_once(loopkit, tmp
     app = BlockvaultApp(services=services, watch_devices=False, theme="blockvault-dark")
 
     async def dialog(pilot: Pilot) -> PassphraseScreen | None:
-        for _ in range(200):
-            if isinstance(app.screen, PassphraseScreen):
-                return app.screen
+        for _ in range(200):  # pushed from a worker: wait until it is composed, too
+            screen = app.screen
+            if isinstance(screen, PassphraseScreen) and screen.query("#passphrase"):
+                return screen
             await pilot.pause(0.05)
         return None
 
