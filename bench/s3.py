@@ -24,7 +24,6 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -155,17 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         "cold cache before every run; alternating order; a single-node Ceph RGW on 127.0.0.1 "
         "shares the two cores with the client)",
         "",
-        "| op | local dir wall s | S3 wall s | S3 ÷ local | target |",
-        "| --- | --- | --- | --- | --- |",
     ]
-    ok = True
-    for op in ops:
-        local = statistics.median(times[("local", op)])
-        remote = statistics.median(times[("s3", op)])
-        ratio = remote / local
-        ok &= ratio <= TARGETS[op]
-        lines.append(f"| {op} | {local:.2f} | {remote:.2f} | {ratio:.2f} | ≤ {TARGETS[op]} "
-                     f"{'PASS' if ratio <= TARGETS[op] else 'FAIL'} |")
+    table, ok = volume.ratio_table(times, "s3", "S3", TARGETS)
+    lines += table
     lines += ["", f"Requests the client sent to the bucket ({used_gib:.2f} GiB of used data):", "",
               "| op | requests | per GiB | by kind |", "| --- | --- | --- | --- |"]
     for op, by_kind in counts.items():

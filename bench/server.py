@@ -26,7 +26,6 @@ import argparse
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -205,17 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.runs}; cold cache before every run; alternating order; the server on "
         "127.0.0.1 with TLS shares the two cores with the client)",
         "",
-        "| op | local dir wall s | server wall s | server ÷ local | target |",
-        "| --- | --- | --- | --- | --- |",
     ]
-    ok = True
-    for op in ops:
-        local = statistics.median(times[("local", op)])
-        remote = statistics.median(times[("server", op)])
-        ratio = remote / local
-        ok &= ratio <= TARGETS[op]
-        lines.append(f"| {op} | {local:.2f} | {remote:.2f} | {ratio:.2f} | ≤ {TARGETS[op]} "
-                     f"{'PASS' if ratio <= TARGETS[op] else 'FAIL'} |")
+    table, ok = volume.ratio_table(times, "server", "server", TARGETS)
+    lines += table
     ok &= peak < RSS_TARGET
     lines += [
         "",

@@ -34,6 +34,7 @@ import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -576,6 +577,26 @@ if __name__ == "__main__":
 
 
 RESULTS_HEADER = "# blockvault benchmark results\n"
+
+
+def ratio_table(
+    times: dict[tuple[str, str], list[float]], kind: str, label: str, targets: dict[str, float]
+) -> tuple[list[str], bool]:
+    """Return the markdown rows of median ``kind`` ÷ median local per op, and whether all
+    met their target (``times`` is keyed by ``(kind, op)``, the local side by "local")."""
+    lines = [
+        f"| op | local dir wall s | {label} wall s | {label} ÷ local | target |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    ok = True
+    for op, target in targets.items():
+        local = statistics.median(times[("local", op)])
+        other = statistics.median(times[(kind, op)])
+        ratio = other / local
+        ok &= ratio <= target
+        lines.append(f"| {op} | {local:.2f} | {other:.2f} | {ratio:.2f} | ≤ {target} "
+                     f"{'PASS' if ratio <= target else 'FAIL'} |")
+    return lines, ok
 
 
 def write_section(path: Path, heading: str, body: str, *, header: str = RESULTS_HEADER) -> None:
