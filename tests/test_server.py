@@ -172,6 +172,25 @@ def test_plain_http_is_refused_off_loopback(tmp_path):
     res = blockvault("serve", "--store", str(tmp_path / "s"), "--listen", "0.0.0.0:1",
                      "--insecure-http", "--state", str(tmp_path / "state"))
     assert res.rc == 12 and "loopback address only" in one_line(res.err)
+    # Nor does a client send its token in the clear to a server off loopback.
+    res = blockvault("query", "image", "--repo", "http://192.0.2.1:8080",
+                     env={"BLOCKVAULT_TOKEN": "tok", "BLOCKVAULT_NODE": "a"})
+    assert res.rc == 12 and "in the clear" in one_line(res.err)
+
+
+def test_an_object_larger_than_its_kind_can_be_is_damaged_not_read(loopkit, server):
+    """The server is trusted for availability, not for sizes: the client refuses, unread,
+    a body larger than any object of its kind (here a chunk file grown on the store)."""
+    from core.repo.format import max_stored
+
+    vol = random_volume(loopkit)
+    assert server.bv("a", "backup", "image", vol.device).rc == 0
+    victim = next(p for p in (server.store / "chunks").rglob("*") if p.is_file())
+    with open(victim, "r+b") as f:
+        f.truncate(max_stored("chunks/x") + 1)
+    res = server.bv("a", "repo", "check", "--json")
+    assert res.rc != 0
+    assert f"object chunks/{victim.name}" in res.out and "larger than any chunk" in res.out
 
 
 def test_login_saves_a_root_only_file_and_then_the_url_is_enough(loopkit, server, tmp_path):

@@ -301,6 +301,15 @@ MAX_CHUNK_TABLE = 256 << 20
 """8 M chunks: a 32 TiB volume at 4 MiB a chunk."""
 CHUNK_SIZES = frozenset(1 << bits for bits in range(12, 27))
 """Chunk sizes a manifest may declare: powers of two, 4 KiB to 64 MiB."""
+CHUNK_SLACK = 64 << 10
+"""What an encoded (or sealed) chunk may add to the chunk size: header, tag, checksum."""
+MAX_MANIFEST = 512 << 20
+"""The largest manifest a repository holds (an image of 16 TiB has a 128 MiB table)."""
+
+
+def max_stored(key: str) -> int:
+    """Return the most bytes object ``key`` can hold: a reader refuses more, unread."""
+    return max(CHUNK_SIZES) + CHUNK_SLACK if key.startswith("chunks/") else MAX_MANIFEST
 
 
 def expand(stored: bytes, limit: int, key: str) -> bytes:

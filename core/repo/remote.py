@@ -30,8 +30,15 @@ from urllib.parse import urlsplit
 import httptools
 import httpx
 
-from core.repo.format import split_digests
-from core.repo.store import Buffers, ObjectMissing, RepositoryError, RepositoryWriteFailed
+from core.repo.format import max_stored, split_digests
+from core.repo.store import (
+    Buffers,
+    ObjectMissing,
+    RepositoryError,
+    RepositoryWriteFailed,
+    UnreadableObject,
+    check_key,
+)
 from core.statedir import state_dir
 
 NODE_ENV = "BLOCKVAULT_NODE"
@@ -69,9 +76,25 @@ def normalize_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
         raise ServerError(f"{url!r} is not a server address like https://HOST:PORT")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        raise ServerError(
+            f"{url!r}: plain http would send this node's token in the clear; use "
+            "https:// (plain http is for a server on a loopback address only)"
+        )
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port}"
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -188,12 +211,21 @@ def _transport(verify: ssl.SSLContext | bool) -> httpx.HTTPTransport:
 
 
 MAX_HEAD = 64 << 10
-MAX_OBJECT = 1 << 30
 _BUFFER = 1 << 20
 
 
 class _Miss(Exception):
     """The fast path cannot do this request: ask again through httpx (which says why)."""
+
+
+class _Head:
+    """The headers of one response, as httptools reports them (names in lower case)."""
+
+    def __init__(self) -> None:
+        self.headers: dict[bytes, bytes] = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
 
 
 class _FastPath:
@@ -261,23 +293,39 @@ class _FastPath:
             sock.close()
 
     def request(
-        self, method: str, path: str, body: Sequence[bytes | bytearray | memoryview] = ()
+        self,
+        method: str,
+        path: str,
+        body: Sequence[bytes | bytearray | memoryview] = (),
+        *,
+        limit: int = MAX_HEAD,
     ) -> bytearray:
-        """Return the response body of ``method path``; raise :class:`_Miss` but on a 2xx."""
+        """Return the response body of ``method path`` (at most ``limit`` bytes).
+
+        Raises :class:`_Miss` on anything but a 2xx; on any failure the connection is
+        dropped, since what it holds of an exchange cut short is unknown.
+        """
         try:
-            return self._exchange(method, path, body)
+            return self._exchange(method, path, body, limit)
         except _Miss:
             self._drop()
             raise
         except (OSError, ValueError, httptools.HttpParserError):
             self._drop()
             raise _Miss(path) from None
+        except BaseException:  # KeyboardInterrupt, MemoryError: the stream is mid-message
+            self._drop()
+            raise
 
     def _exchange(
-        self, method: str, path: str, body: Sequence[bytes | bytearray | memoryview]
+        self,
+        method: str,
+        path: str,
+        body: Sequence[bytes | bytearray | memoryview],
+        limit: int,
     ) -> bytearray:
         sock = self._connection()
-        length = sum(len(part) for part in body)
+        length = sum(memoryview(part).nbytes for part in body)
         framing = f"Content-Length: {length}\r\n" if body or method != "GET" else ""
         sock.sendall(f"{method} {path} HTTP/1.1\r\n{self.head}{framing}\r\n".encode())
         for part in body:
@@ -294,20 +342,15 @@ class _FastPath:
             end = buffer.find(b"\r\n\r\n", max(0, got - 3), got + n)
             got += n
         end += 4
-        headers: dict[bytes, bytes] = {}
-
-        class Head:
-            def on_header(self, name: bytes, value: bytes) -> None:
-                headers[name.lower()] = value
-
-        parser = httptools.HttpResponseParser(Head())
+        head = _Head()
+        parser = httptools.HttpResponseParser(head)
         parser.feed_data(view[:end])
-        declared = headers.get(b"content-length", b"")
+        declared = head.headers.get(b"content-length", b"")
         if (
             not 200 <= parser.get_status_code() < 300
-            or b"transfer-encoding" in headers
+            or b"transfer-encoding" in head.headers
             or not declared.isdigit()
-            or int(declared) > MAX_OBJECT
+            or int(declared) > limit
         ):
             raise _Miss("not a plain success")
         size = int(declared)
@@ -404,13 +447,19 @@ class RemoteStore:
 
     # --- transport -------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, *, retry: bool = True, **kw: Any) -> httpx.Response:
-        """Send one request, retrying transport failures and 502/503/504 for the retry time."""
+    def _request(
+        self, method: str, path: str, *, retry: bool = True, stream: bool = False, **kw: Any
+    ) -> httpx.Response:
+        """Send one request, retrying transport failures and 502/503/504 for the retry time.
+
+        With ``stream`` the body is left unread (the caller reads and closes it).
+        """
         deadline = time.monotonic() + (self.retry.duration if retry else 0)
         pause = min(0.25, self.retry.interval)
         while True:
             try:
-                response = self.client.request(method, path, **kw)
+                request = self.client.build_request(method, path, **kw)
+                response = self.client.send(request, stream=stream)
             except httpx.TransportError as e:
                 if isinstance(e.__cause__, ssl.SSLCertVerificationError) or "CERTIFICATE" in str(e):
                     raise ServerError(
@@ -422,6 +471,7 @@ class RemoteStore:
             else:
                 if response.status_code not in _RETRY_STATUS or time.monotonic() + pause > deadline:
                     return response
+                response.close()
             time.sleep(pause)
             pause = min(pause * 2, max(self.retry.interval, 0.25))
 
@@ -487,7 +537,7 @@ class RemoteStore:
             return self._open["sid"]
 
     def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
-        kind, _, name = key.partition("/")
+        kind, name = check_key(key)
         if kind != "chunks":
             raise RepositoryError(f"{key}: only chunks are put on a server; manifests commit")
         parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
@@ -507,6 +557,7 @@ class RemoteStore:
 
     def commit(self, key: str, data: Buffers, refs: Iterable[bytes]) -> None:
         """Commit manifest ``key`` naming chunks ``refs``: the session ends, the object appears."""
+        check_key(key)
         manifest = _joined(data)
         sid = self._begin()
         body = manifest + b"".join(sorted(refs))
@@ -521,12 +572,44 @@ class RemoteStore:
             raise RepositoryWriteFailed(f"{e}; nothing of this backup was recorded") from None
 
     def get(self, key: str) -> bytes:
+        check_key(key)
         path = f"/v1/objects/{key}"
+        limit = max_stored(key)
         try:
             # A bytearray: bytes to every reader of objects, without copying 4 MiB again.
-            return self.fast.request("GET", path)  # type: ignore[return-value]
+            return self.fast.request("GET", path, limit=limit)  # type: ignore[return-value]
         except _Miss:
-            return self._check(self._request("GET", path), key).content
+            return self._read_bounded(key, path, limit)
+
+    def _read_bounded(self, key: str, path: str, limit: int) -> bytes:
+        """GET ``path`` through httpx, refusing a body past ``limit`` before it is all read."""
+        deadline = time.monotonic() + self.retry.duration
+        while True:
+            response = self._request("GET", path, stream=True)
+            try:
+                if response.status_code >= 300:
+                    response.read()
+                    self._check(response, key)
+                declared = response.headers.get("content-length", "")
+                data = bytearray()
+                if not (declared.isdigit() and int(declared) > limit):
+                    for part in response.iter_bytes():
+                        data += part
+                        if len(data) > limit:
+                            break
+                if len(data) > limit or (declared.isdigit() and int(declared) > limit):
+                    raise UnreadableObject(
+                        f"object {key} on {self.url} is larger than any "
+                        f"{key.split('/', 1)[0].removesuffix('s')} can be ({limit} bytes): "
+                        "it is not one of ours"
+                    )
+                return bytes(data)
+            except httpx.TransportError as e:  # cut off mid-body
+                if time.monotonic() > deadline:
+                    raise unreachable(self.url, e) from None
+            finally:
+                response.close()
+            time.sleep(min(self.retry.interval, 1.0))
 
     def _known_chunks(self) -> set[bytes]:
         with self._lock:
@@ -554,17 +637,27 @@ class RemoteStore:
 
     def list(self, kind: str) -> Iterator[str]:
         names = self._check(self._request("GET", f"/v1/list/{kind}"), f"the list of {kind}").json()
-        return iter([f"{kind}/{n}" for n in names])
+        keys = [f"{kind}/{n}" for n in names] if isinstance(names, list) else None
+        try:
+            for key in keys or ():
+                check_key(key)
+        except ValueError:
+            keys = None
+        if keys is None:
+            raise ServerError(f"the server {self.url} sent a list of {kind} that holds no names")
+        return iter(keys)
 
     def strays(self, kind: str) -> Iterator[tuple[str, str]]:
         return iter(())  # the datastore's own business: 'repo check' on the server host
 
     def delete(self, key: str) -> None:
+        check_key(key)
         response = self._request("DELETE", f"/v1/objects/{key}")
         if response.status_code != 404:
             self._check(response, f"deleting {key}")
 
     def size_of(self, key: str) -> int:
+        check_key(key)
         response = self._check(self._request("HEAD", f"/v1/objects/{key}"), key)
         return int(response.headers.get("content-length", "0"))
 

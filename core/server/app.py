@@ -29,8 +29,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core.errors import BlockvaultError
+from core.repo.format import MAX_MANIFEST
 from core.repo.store import check_key
-from core.server.datastore import MAX_MANIFEST, Datastore, Refused
+from core.server.datastore import Datastore, Refused
 from core.server.nodes import Node
 
 log = logging.getLogger("blockvault.server")

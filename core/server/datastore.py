@@ -36,6 +36,7 @@ from core.errors import BlockvaultError
 from core.repo.crypto import check_sealed
 from core.repo.filemanifest import FILE_CHUNK, decode_file_manifest
 from core.repo.format import (
+    CHUNK_SLACK,
     ID_BYTES,
     DamagedObject,
     decode_manifest,
@@ -52,10 +53,6 @@ MANIFEST_KINDS = ("images", "increments")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _SID = re.compile(r"^[0-9a-f]{32}$")
 _MANIFEST_NAME = re.compile(r"^[0-9]{8}T[0-9A-Za-z.]{6,20}-[0-9a-f]{6}$")
-CHUNK_SLACK = 64 << 10
-"""What an encoded (or sealed) chunk may add to the chunk size: header, tag, checksum."""
-MAX_MANIFEST = 512 << 20
-"""The largest manifest a session may commit (an image of 16 TiB has a 128 MiB table)."""
 SESSION_IDLE = 3600.0
 """Seconds a session may go unused before the server drops it (and its shared lock)."""
 
