@@ -182,3 +182,81 @@ def test_a_gateway_killed_mid_backup_and_restarted_leaves_nothing_partial(loopki
         assert check.rc == 0, check.out
     finally:
         gateway.stop()
+
+
+def test_repo_init_makes_a_missing_bucket_in_the_configured_region(s3_location):
+    import uuid
+
+    fresh = f"s3://bv-test-made-{uuid.uuid4().hex[:10]}/repo"
+    res = blockvault("repo", "init", "--repo", fresh, "--encryption", "none", "--json")
+    assert res.rc == 0, res.err
+    assert blockvault("query", "image", "--repo", fresh, "--json").json()["images"] == []
+
+
+def test_prune_never_touches_what_is_named_like_no_chunk(loopkit, s3_location):
+    repo = bucket_repository(s3_location)
+    vol = random_volume(loopkit)
+    assert blockvault("backup", "image", vol.device, "--repo", repo).rc == 0
+    prefix = s3_location.split("/", 3)[3]
+    bucket = s3_location.split("/")[2]
+    client = Gateway.from_environment().client()
+    strays = [f"{prefix}/chunks/ZZ/ZZ-notes.txt", f"{prefix}/chunks/AB/{'AB' * 32}"]
+    for key in strays:
+        client.put_object(Bucket=bucket, Key=key, Body=b"someone else's")
+    res = blockvault("repo", "prune", "--repo", repo, "--json")
+    assert res.rc == 0, res.err
+    assert res.json()["chunks_deleted"] == 0
+    assert set(strays) <= set(bucket_keys(s3_location))
+
+
+def test_a_lock_is_judged_by_the_buckets_clock_not_this_hosts(s3_location, monkeypatch):
+    """A prune's lock written a moment ago holds off a backup on a host whose clock runs
+    two hours fast. The fast clock is a fake (``time`` in core.repo.s3 only): the machine
+    cannot give one process a clock of its own."""
+    import types
+
+    from core.repo import s3
+    from core.repo.store import RepositoryError
+
+    repo = bucket_repository(s3_location)
+    prefix, bucket = s3_location.split("/", 3)[3], s3_location.split("/")[2]
+    client = Gateway.from_environment().client()
+    theirs = f"{prefix}/locks/20261204T000000-x-{'0' * 32}"
+    client.put_object(Bucket=bucket, Key=theirs, Body=b"{}")
+    fast = types.SimpleNamespace(
+        time=lambda: time.time() + 7200, monotonic=time.monotonic, sleep=time.sleep
+    )
+    monkeypatch.setattr(s3, "time", fast)
+    store = s3.S3Store(repo)
+    with pytest.raises(RepositoryError, match="busy"), store.lock():
+        pass
+    # Two seconds later by the bucket's clock, a lock that goes stale after one is gone.
+    time.sleep(2.5)
+    monkeypatch.setattr(s3, "LOCK_STALE", 1.0)
+    with store.lock():
+        pass
+    assert theirs in bucket_keys(s3_location)  # a stale lock is ignored, not removed
+
+
+def test_a_holder_whose_lock_is_not_refreshed_stops_writing(s3_location, monkeypatch):
+    """A lock that could not be refreshed for half its stale time may soon be taken for a
+    dead process's: its holder commits and deletes nothing more."""
+    from core.repo import s3
+    from core.repo.store import RepositoryWriteFailed
+
+    repo = bucket_repository(s3_location)
+    store = s3.S3Store(repo)
+    monkeypatch.setattr(s3, "LOCK_STALE", 2.0)
+    monkeypatch.setattr(s3, "LOCK_REFRESH", 0.2)
+    with store.lock():
+        time.sleep(1.5)  # refreshed all along: still writing
+        store.commit("images/20261204T000000Z-aaaaaa", b"kept", [])
+    monkeypatch.setattr(s3, "LOCK_REFRESH", 3600.0)
+    with store.lock():
+        time.sleep(1.2)
+        with pytest.raises(RepositoryWriteFailed, match="could not be refreshed"):
+            store.commit("images/20261204T000001Z-bbbbbb", b"lost", [])
+        with pytest.raises(RepositoryWriteFailed, match="could not be refreshed"):
+            store.delete_many(["images/20261204T000000Z-aaaaaa"])
+    names = [k.rsplit("/", 1)[-1] for k in bucket_keys(s3_location) if "/images/" in k]
+    assert names == ["20261204T000000Z-aaaaaa"]

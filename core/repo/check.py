@@ -15,7 +15,7 @@ from core.progress import Meter, ProgressFn
 from core.repo.crypto import check_sealed
 from core.repo.filemanifest import FileManifest
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_key, verify_chunk
-from core.repo.repository import Repository
+from core.repo.repository import Repository, digest_of_key
 from core.repo.s3 import S3Store
 from core.repo.store import ObjectMissing, RepositoryError
 from core.report import JobReport
@@ -325,9 +325,12 @@ def prune_repository(repo: Repository) -> PruneReport:
                 )
         elif isinstance(repo.local, S3Store):
             # One listing gives names and sizes; deletes go a thousand per request.
+            # A name that is no chunk's is a stray: never touched (check reports it).
             doomed = []
             for key, size in repo.local.sizes("chunks").items():
-                if bytes.fromhex(key[7:]) in referenced:
+                if (digest := digest_of_key(key)) is None:
+                    continue
+                if digest in referenced:
                     report.chunks_kept += 1
                 else:
                     doomed.append(key)

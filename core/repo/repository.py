@@ -49,6 +49,17 @@ from core.repo.store import LocalStore, ObjectMissing, RepositoryError
 T = TypeVar("T")
 _CHUNK_NAME = re.compile(r"^[0-9a-f]{64}$")
 
+
+def digest_of_key(key: str) -> bytes | None:
+    """Return the digest a chunk's key names, or None when it is named like no chunk."""
+    name = key.split("/", 1)[1]
+    return bytes.fromhex(name) if _CHUNK_NAME.match(name) else None
+
+
+class NoSuchManifest(RepositoryError):
+    """The image or increment asked for is not in the repository."""
+
+
 REPO_ENV = "BLOCKVAULT_REPO"
 ROOT_DEFAULT = "/var/lib/blockvault/repo"
 CONFIG_NAME = "config.json"
@@ -390,11 +401,7 @@ class Repository:
 
     def chunk_digests(self) -> list[bytes]:
         """Return the digest of every stored chunk (names that are no digest are strays)."""
-        return [
-            bytes.fromhex(name)
-            for key in self.store.list("chunks")
-            if _CHUNK_NAME.match(name := key.split("/", 1)[1])
-        ]
+        return [d for key in self.store.list("chunks") if (d := digest_of_key(key)) is not None]
 
     def strays(self) -> list[tuple[str, str]]:
         """Return ``(where, why)`` for every entry of the repository's folders that is no object.
@@ -444,8 +451,8 @@ class Repository:
                 out.append(load(object_id))
             except DamagedObject as e:
                 self.damaged[f"{folder}/{object_id}"] = e
-            except RepositoryError:
-                continue  # deleted since it was listed
+            except NoSuchManifest:
+                continue  # deleted since it was listed (an unreachable store fails the call)
         return out
 
     def _get_manifest(self, folder: str, object_id: str, decode: Callable[[bytes, str], T]) -> T:
@@ -454,7 +461,7 @@ class Repository:
             return decode(self.store.get(key), key)
         except ObjectMissing:
             what = folder.removesuffix("s")
-            raise RepositoryError(
+            raise NoSuchManifest(
                 f"no {what} {object_id} in {self.location}; see 'blockvault query image'"
             ) from None
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from core.repo.format import max_stored
 from core.repo.store import (
     Buffers,
     ObjectMissing,
@@ -42,8 +43,14 @@ CONFIG_KEY = "config.json"
 READERS = 16
 """Requests in flight: RGW and S3 answer in milliseconds, and each waits for the network."""
 LOCK_REFRESH = 300.0
+LOCK_RETRY = 30.0
+"""Seconds before a failed refresh of a lock is tried again."""
 LOCK_STALE = 1800.0
-"""A lock not refreshed for this long belongs to a process that is gone."""
+"""A lock not refreshed for this long (by the bucket's clock) belongs to a process that is
+gone. A holder whose refreshes failed for half of it stops writing: before anyone could
+take its lock for stale, it refuses to commit or delete."""
+CREATE_CONFLICTS = 5
+"""Times a PUT answered 409 (another PUT of the key is in flight) is sent again."""
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9._/-]*$")
 
@@ -123,6 +130,8 @@ class S3Store:
         self.client.meta.events.register("before-send.s3.*", self._count)
         self._known: set[str] | None = None
         self._known_lock = threading.Lock()
+        self._held: dict[int, dict[str, Any]] = {}
+        """The locks this process holds here, by id: name, mode, last good refresh."""
 
     def _count(self, event_name: str = "", **_kw: Any) -> None:
         with self._count_lock:
@@ -203,7 +212,13 @@ class S3Store:
         except ClientError as e:
             if _status(e) != 404:
                 raise self._failed(e, "looking for the bucket") from None
-            self._call("creating the bucket", "create_bucket")
+            region = self.client.meta.region_name
+            where = (
+                {"CreateBucketConfiguration": {"LocationConstraint": region}}
+                if region and region != "us-east-1"
+                else {}
+            )
+            self._call("creating the bucket", "create_bucket", **where)
         except BotoCoreError as e:
             raise self._failed(e, "looking for the bucket") from None
         if not self._create(self._base(CONFIG_KEY), data):
@@ -232,22 +247,31 @@ class S3Store:
     # --- the object API ------------------------------------------------------------
 
     def _create(self, s3key: str, body: bytes) -> bool:
-        """PUT ``body`` unless ``s3key`` exists; return False when it did."""
+        """PUT ``body`` unless ``s3key`` exists; return False when it did.
+
+        Two writers of one chunk race when two backups share data: the loser of a PUT in
+        flight hears 409 (ConditionalRequestConflict) and asks again, to hear 412 once the
+        winner's object is there.
+        """
         from botocore.exceptions import BotoCoreError, ClientError
 
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=s3key, Body=body, IfNoneMatch="*")
-            return True
-        except ClientError as e:
-            if _status(e) == 412:
-                return False
-            raise RepositoryWriteFailed(
-                f"{self._failed(e, f'storing {s3key}')}; nothing of this backup was recorded"
-            ) from None
-        except BotoCoreError as e:
-            raise RepositoryWriteFailed(
-                f"{self._failed(e, f'storing {s3key}')}; nothing of this backup was recorded"
-            ) from None
+        for attempt in range(CREATE_CONFLICTS + 1):
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=s3key, Body=body, IfNoneMatch="*")
+                return True
+            except ClientError as e:
+                if _status(e) == 412:
+                    return False
+                if _status(e) == 409 and attempt < CREATE_CONFLICTS:
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                failed: Exception = e
+            except BotoCoreError as e:
+                failed = e
+            break
+        raise RepositoryWriteFailed(
+            f"{self._failed(failed, f'storing {s3key}')}; nothing of this backup was recorded"
+        ) from None
 
     def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
         """Store ``data`` as ``key``; a chunk already there is the same content."""
@@ -260,24 +284,46 @@ class S3Store:
 
     def commit(self, key: str, data: Buffers, refs: Iterable[bytes]) -> None:
         """Store manifest ``key``: every chunk it names was acknowledged durable before."""
+        self._still_locked()
         body = _joined(data)
         if not self._create(self._key(key), body) and self.get(key) != body:
             raise RepositoryWriteFailed(f"{key} already exists in {self.root}: not overwritten")
 
     def get(self, key: str) -> bytes:
+        """Return object ``key``.
+
+        Raises:
+            ObjectMissing: no such object.
+            UnreadableObject: it is there but cannot be had (archived, or larger than
+                any object of its kind can be: not one of ours).
+            S3Error: the bucket cannot be read (unreachable, refused): the call fails,
+                and no caller takes the object for gone or damaged.
+        """
         from botocore.exceptions import BotoCoreError, ClientError
 
+        limit = max_stored(key)
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            return bytes(response["Body"].read())
+            size = int(response.get("ContentLength", 0))
+            data = bytes(response["Body"].read(limit + 1)) if size <= limit else b""
+            if size > limit or len(data) > limit:
+                response["Body"].close()
+                raise UnreadableObject(
+                    f"object {key} in {self.root} holds {size} bytes, more than any "
+                    f"{key.split('/', 1)[0].removesuffix('s')} can: it is not one of ours"
+                )
+            return data
         except ClientError as e:
             if _code(e) in ("NoSuchKey", "404"):
                 raise ObjectMissing(f"object {key} is missing from {self.root}") from None
-            if _code(e) == "NoSuchBucket":
-                raise self._failed(e, f"reading {key}") from None
-            raise UnreadableObject(f"cannot read {key} from {self.root}: {_code(e)}") from None
+            if _code(e) == "InvalidObjectState":
+                raise UnreadableObject(
+                    f"object {key} in {self.root} is archived (InvalidObjectState): restore "
+                    "it to a readable storage class first"
+                ) from None
+            raise self._failed(e, f"reading {key}") from None
         except BotoCoreError as e:
-            raise UnreadableObject(str(self._failed(e, f"reading {key}"))) from None
+            raise self._failed(e, f"reading {key}") from None
 
     def _pages(self, rest: str) -> Iterator[dict[str, Any]]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -342,6 +388,7 @@ class S3Store:
         return found
 
     def delete(self, key: str) -> None:
+        self._still_locked()
         self._call(f"deleting {key}", "delete_object", Key=self._key(key))
         with self._known_lock:
             if self._known is not None:
@@ -359,6 +406,7 @@ class S3Store:
             self._delete_batch(batch)
 
     def _delete_batch(self, keys: Sequence[str]) -> None:
+        self._still_locked()
         response = self._call(
             f"deleting {len(keys)} objects", "delete_objects",
             Delete={"Objects": [{"Key": self._key(k)} for k in keys], "Quiet": True},
@@ -410,10 +458,13 @@ class S3Store:
         holder that sees an exclusive one, or an exclusive one that sees any other,
         removes its own and gives way (two that race both give way; neither proceeds
         under the other). A holder refreshes its lock every five minutes; one not
-        refreshed for half an hour is a process that is gone, and is ignored.
+        refreshed for half an hour is a process that is gone, and is ignored. Ages are
+        the bucket's: another lock's LastModified against this one's, never this host's
+        clock.
         """
         mode = "x" if exclusive else "s"
-        state = {"name": self._write_lock(mode)}
+        state: dict[str, Any] = {"name": self._write_lock(mode), "mode": mode}
+        state["refreshed"] = time.monotonic()
         try:
             busy = self._conflicts(state["name"], exclusive)
             if busy:
@@ -424,17 +475,34 @@ class S3Store:
                 )
             stop = threading.Event()
             refresher = threading.Thread(
-                target=self._refresh, args=(state, mode, stop), name="bv-s3-lock", daemon=True
+                target=self._refresh, args=(state, stop), name="bv-s3-lock", daemon=True
             )
+            with self._known_lock:
+                self._held[id(state)] = state
             refresher.start()
             try:
                 yield
             finally:
                 stop.set()
                 refresher.join()
+                with self._known_lock:
+                    self._held.pop(id(state), None)
         finally:
             with contextlib.suppress(RepositoryError):
                 self._call("removing this process's lock", "delete_object", Key=state["name"])
+
+    def _still_locked(self) -> None:
+        """Refuse to write when a lock of this process went unrefreshed for too long."""
+        with self._known_lock:
+            held = list(self._held.values())
+        for state in held:
+            age = time.monotonic() - state["refreshed"]
+            if age > LOCK_STALE / 2:
+                raise RepositoryWriteFailed(
+                    f"the lock on {self.root} could not be refreshed for {age / 60:.0f} "
+                    "minutes (the bucket was unreachable), so another process may have taken "
+                    "it for stale: nothing more is written; run the command again"
+                )
 
     def _write_lock(self, mode: str) -> str:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
@@ -444,24 +512,32 @@ class S3Store:
         return name
 
     def _conflicts(self, mine: str, exclusive: bool) -> str | None:
-        now = time.time()
-        for entry in self._pages("locks/"):
-            name = str(entry["Key"])
+        """Return the name of a live lock that ``mine`` must give way to, if any."""
+        entries = list(self._pages("locks/"))
+        stamps = {str(e["Key"]): e.get("LastModified") for e in entries}
+        now = stamps.get(mine) or max((m for m in stamps.values() if m is not None), default=None)
+        for name, modified in stamps.items():
             if name == mine:
                 continue
-            modified = entry.get("LastModified")
-            if modified is not None and now - modified.timestamp() > LOCK_STALE:
+            if now and modified and (now - modified).total_seconds() > LOCK_STALE:
                 continue
             other = name.rsplit("/", 1)[-1].split("-")
             if exclusive or (len(other) > 1 and other[1] == "x"):
                 return name.rsplit("/", 1)[-1]
         return None
 
-    def _refresh(self, state: dict[str, str], mode: str, stop: threading.Event) -> None:
-        while not stop.wait(LOCK_REFRESH):
+    def _refresh(self, state: dict[str, Any], stop: threading.Event) -> None:
+        wait = LOCK_REFRESH
+        while not stop.wait(wait):
+            try:
+                fresh = self._write_lock(state["mode"])
+            except RepositoryError:
+                wait = LOCK_RETRY
+                continue
+            old, state["name"] = state["name"], fresh
+            state["refreshed"] = time.monotonic()
+            wait = LOCK_REFRESH
             with contextlib.suppress(RepositoryError):
-                fresh = self._write_lock(mode)
-                old, state["name"] = state["name"], fresh
                 self._call("refreshing this process's lock", "delete_object", Key=old)
 
 
