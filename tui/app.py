@@ -299,15 +299,20 @@ class BlockvaultApp(App[int]):
         except BlockvaultError as e:
             self.post_message(HistoryLoaded(path, None, e.message))
 
+    def _shown_details(self) -> VolumeDetails | None:
+        """The details pane, or None once the console is closing (a worker's late answer)."""
+        found = self.query("#details")
+        return found.first(VolumeDetails) if found else None
+
     @on(VolumeChecked)
     def show_check(self, message: VolumeChecked) -> None:
-        if message.path == self._selected_device:
-            self.query_one("#details", VolumeDetails).show_check(message.check)
+        if message.path == self._selected_device and (details := self._shown_details()):
+            details.show_check(message.check)
 
     @on(HistoryLoaded)
     def show_history(self, message: HistoryLoaded) -> None:
-        if message.path == self._selected_device:
-            self.query_one("#details", VolumeDetails).show_history(message.history, message.error)
+        if message.path == self._selected_device and (details := self._shown_details()):
+            details.show_history(message.history, message.error)
 
     @on(Tree.NodeSelected, "#devices")
     def device_selected(self, event: Tree.NodeSelected[str]) -> None:
