@@ -134,6 +134,7 @@ def _path(location: str, key: str) -> Path:
 
 def read_object(location: str, key: str) -> bytes:
     """Return object ``key`` as stored at ``location`` (a directory, a server's, a bucket)."""
+    location = datastore_of(location)
     if not location.startswith("s3://"):
         return _path(location, key).read_bytes()
     bucket, s3key = _split(location, key)
@@ -142,6 +143,7 @@ def read_object(location: str, key: str) -> bytes:
 
 def overwrite_object(location: str, key: str, data: bytes) -> None:
     """Replace an object behind blockvault's back: the damage a test inflicts."""
+    location = datastore_of(location)
     if not location.startswith("s3://"):
         _path(location, key).write_bytes(data)
         return
@@ -151,6 +153,7 @@ def overwrite_object(location: str, key: str, data: bytes) -> None:
 
 def remove_object(location: str, key: str) -> None:
     """Remove an object behind blockvault's back."""
+    location = datastore_of(location)
     if not location.startswith("s3://"):
         _path(location, key).unlink()
         return

@@ -24,21 +24,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-STORES: dict[str, Path] = {}
-"""The datastore directory behind each running test server's URL."""
+STORES: dict[str, str] = {}
+"""The datastore (a directory, or s3://BUCKET/PREFIX) behind each running test server's URL."""
 
 
 def datastore_of(location: str) -> str:
-    """Return the directory holding ``location``'s objects: itself, or a test server's store."""
-    return str(STORES.get(location, location))
+    """Return where ``location``'s objects are: itself, or a test server's datastore."""
+    return STORES.get(location, location)
 
 
 class RepoServer:
-    """One ``blockvault serve`` over ``root/store``, its state in ``root/state``."""
+    """One ``blockvault serve`` over ``root/store`` (or the bucket location ``bucket``), its
+    state in ``root/state``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, bucket: str | None = None) -> None:
         self.root = root
         self.store = root / "store"
+        self.location = bucket or str(self.store)
+        """What ``--store`` names: the directory, or ``s3://BUCKET/PREFIX``."""
         self.state = root / "state"
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
@@ -51,7 +54,7 @@ class RepoServer:
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.log, "a")  # noqa: SIM115 - the child writes it while it runs
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tui.cli", "serve", "--store", str(self.store),
+            [sys.executable, "-m", "tui.cli", "serve", "--store", self.location,
              "--listen", f"127.0.0.1:{self.port}", "--state", str(self.state)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
         )
@@ -60,7 +63,7 @@ class RepoServer:
         line = self.proc.stdout.readline()
         assert line.startswith("fingerprint "), f"server said {line!r}: {self.log.read_text()}"
         self.fingerprint = line.split()[1]
-        STORES[self.url] = self.store
+        STORES[self.url] = self.location
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -90,7 +93,7 @@ class RepoServer:
     def node(self, name: str, *, admin: bool = False) -> Path:
         """Register node ``name``; return the file holding its token."""
         token = self.root / f"{name}.token"
-        args = ["serve", "node", "add", name, "--store", str(self.store),
+        args = ["serve", "node", "add", name, "--store", self.location,
                 "--token-file", str(token)]
         res = blockvault(*args, *(["--admin"] if admin else []))
         assert res.rc == 0, res.out + res.err

@@ -260,3 +260,53 @@ def test_a_holder_whose_lock_is_not_refreshed_stops_writing(s3_location, monkeyp
             store.delete_many(["images/20261204T000000Z-aaaaaa"])
     names = [k.rsplit("/", 1)[-1] for k in bucket_keys(s3_location) if "/images/" in k]
     assert names == ["20261204T000000Z-aaaaaa"]
+
+
+def test_two_servers_over_one_bucket_serve_the_same_nodes(loopkit, s3_location, tmp_path):
+    """Scale-out: the registry, owners and sessions live in the bucket, not in a server."""
+    from serverkit import RepoServer
+
+    one = RepoServer(tmp_path / "one", s3_location)
+    two = RepoServer(tmp_path / "two", s3_location)
+    try:
+        one.start()
+        two.start()
+        token = one.node("a")
+        (two.root / "a.token").write_text(token.read_text())
+        assert one.bv("a", "repo", "init", "--encryption", "none").rc == 0
+        vol = random_volume(loopkit)
+        made = one.bv("a", "backup", "image", vol.device, "--json")
+        assert made.rc == 0, made.err
+        listed = two.bv("a", "query", "image", "--json").json()["images"]
+        assert [i["id"] for i in listed] == [made.json()["image_id"]]
+        dest = loopkit.attach(loopkit.image("24M"))
+        res = two.bv("a", "restore", "image", vol.device, dest, "--confirm", dest)
+        assert res.rc == 0, res.err
+        assert device_digest(dest) == device_digest(vol.device)
+
+        # Node b, registered through the bucket, backs the same data up through server two.
+        b_token = two.node("b")
+        (one.root / "b.token").write_text(b_token.read_text())
+        chunks = [k for k in bucket_keys(s3_location) if "/chunks/" in k]
+        res = two.bv("b", "backup", "image", vol.device, "--json")
+        assert res.rc == 0, res.err
+        assert [k for k in bucket_keys(s3_location) if "/chunks/" in k] == chunks
+        assert one.bv("b", "query", "image", "--json").json()["images"]
+        # b cannot read a's image through either server.
+        a_image = made.json()["image_id"]
+        for server in (one, two):
+            res = server.bv("b", "restore", "image", vol.device, dest, "--confirm", dest,
+                            "--image", a_image)
+            assert res.rc == 12, res.err
+            one_line(res.err)
+
+        # A node removed through the bucket is refused by both servers within seconds.
+        res = blockvault("serve", "node", "remove", "b", "--store", s3_location)
+        assert res.rc == 0, res.err
+        time.sleep(2.5)
+        for server in (one, two):
+            res = server.bv("b", "query", "image")
+            assert res.rc == 12 and "revoked" in one_line(res.err), res.err
+    finally:
+        one.stop()
+        two.stop()

@@ -59,6 +59,10 @@ class S3Error(RepositoryError):
     """The bucket cannot be used: unreachable, refused, missing."""
 
 
+class LockBusy(RepositoryError):
+    """Another process holds a lock this one must give way to."""
+
+
 def is_s3(location: str) -> bool:
     """True when ``location`` names a bucket (``s3://BUCKET/PREFIX``)."""
     return location.startswith(SCHEME)
@@ -179,13 +183,76 @@ class S3Store:
             )
         return S3Error(f"{self.endpoint} could not do {what} in {self.root}: {code or error}")
 
-    def _call(self, what: str, method: str, **kw: Any) -> Any:
+    def call(self, what: str, method: str, **kw: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             return getattr(self.client, method)(Bucket=self.bucket, **kw)
         except (ClientError, BotoCoreError) as e:
             raise self._failed(e, what) from None
+
+    # --- objects by their own names (a server's records, :mod:`core.server.meta`) ----
+
+    def raw_key(self, name: str) -> str:
+        """Return the S3 key of ``name`` under the prefix (no fan-out)."""
+        return self._base(name)
+
+    def raw_get(self, s3key: str) -> tuple[bytes, str] | None:
+        """Return ``(data, ETag)`` of ``s3key``, or None when there is none."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=s3key)
+            return bytes(response["Body"].read()), str(response["ETag"]).strip('"')
+        except ClientError as e:
+            if _code(e) in ("NoSuchKey", "404"):
+                return None
+            raise self._failed(e, f"reading {s3key}") from None
+        except BotoCoreError as e:
+            raise self._failed(e, f"reading {s3key}") from None
+
+    def raw_head(self, s3key: str) -> bool:
+        """True when ``s3key`` is there."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=s3key)
+            return True
+        except ClientError as e:
+            if _status(e) == 404:
+                return False
+            raise self._failed(e, f"looking for {s3key}") from None
+        except BotoCoreError as e:
+            raise self._failed(e, f"looking for {s3key}") from None
+
+    def raw_create(self, s3key: str, data: bytes) -> bool:
+        """PUT ``s3key`` unless it is there (False then)."""
+        return self._create(s3key, data)
+
+    def raw_replace(self, s3key: str, data: bytes, etag: str) -> bool:
+        """PUT ``s3key`` if its ETag is still ``etag`` (False otherwise)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=s3key, Body=data, IfMatch=etag)
+            return True
+        except ClientError as e:
+            if _status(e) in (412, 404, 409):
+                return False
+            raise self._failed(e, f"replacing {s3key}") from None
+        except BotoCoreError as e:
+            raise self._failed(e, f"replacing {s3key}") from None
+
+    def raw_list(self, s3prefix: str) -> builtins.list[dict[str, Any]]:
+        """Return every entry (Key, Size, ETag, LastModified) under ``s3prefix``."""
+        return builtins.list(self._pages_raw(s3prefix))
+
+    def raw_delete(self, s3keys: Sequence[str]) -> None:
+        """Delete ``s3keys`` (those not there are no error)."""
+        for start in range(0, len(s3keys), 1000):
+            batch = s3keys[start : start + 1000]
+            self.call(f"deleting {len(batch)} objects", "delete_objects",
+                      Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
 
     # --- the repository's config ---------------------------------------------------
 
@@ -218,7 +285,7 @@ class S3Store:
                 if region and region != "us-east-1"
                 else {}
             )
-            self._call("creating the bucket", "create_bucket", **where)
+            self.call("creating the bucket", "create_bucket", **where)
         except BotoCoreError as e:
             raise self._failed(e, "looking for the bucket") from None
         if not self._create(self._base(CONFIG_KEY), data):
@@ -229,7 +296,7 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         key = self._base(CONFIG_KEY)
-        head = self._call("reading the repository config", "get_object", Key=key)
+        head = self.call("reading the repository config", "get_object", Key=key)
         if head["Body"].read() != previous:
             raise RepositoryError(f"the repository's keys in {self.root} changed meanwhile")
         # RGW 16 compares If-Match with the ETag unquoted (AWS takes either spelling).
@@ -275,6 +342,8 @@ class S3Store:
 
     def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
         """Store ``data`` as ``key``; a chunk already there is the same content."""
+        if not key.startswith("chunks/"):
+            self._still_locked()
         if not self._create(self._key(key), _joined(data)) and not key.startswith("chunks/"):
             raise RepositoryWriteFailed(f"{key} already exists in {self.root}: not overwritten")
         if key.startswith("chunks/"):
@@ -326,14 +395,17 @@ class S3Store:
             raise self._failed(e, f"reading {key}") from None
 
     def _pages(self, rest: str) -> Iterator[dict[str, Any]]:
+        return self._pages_raw(self._base(rest))
+
+    def _pages_raw(self, s3prefix: str) -> Iterator[dict[str, Any]]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         paginator = self.client.get_paginator("list_objects_v2")
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._base(rest)):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=s3prefix):
                 yield from page.get("Contents", [])
         except (ClientError, BotoCoreError) as e:
-            raise self._failed(e, f"listing {rest}") from None
+            raise self._failed(e, f"listing {s3prefix}") from None
 
     def _walk(self, kind: str) -> Iterator[tuple[str, str | None, int]]:
         """Yield ``(key, None, size)`` per object of ``kind``, ``(s3key, why, size)`` per stray."""
@@ -389,7 +461,7 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self._still_locked()
-        self._call(f"deleting {key}", "delete_object", Key=self._key(key))
+        self.call(f"deleting {key}", "delete_object", Key=self._key(key))
         with self._known_lock:
             if self._known is not None:
                 self._known.discard(key)
@@ -407,7 +479,7 @@ class S3Store:
 
     def _delete_batch(self, keys: Sequence[str]) -> None:
         self._still_locked()
-        response = self._call(
+        response = self.call(
             f"deleting {len(keys)} objects", "delete_objects",
             Delete={"Objects": [{"Key": self._key(k)} for k in keys], "Quiet": True},
         )
@@ -463,13 +535,18 @@ class S3Store:
         clock.
         """
         mode = "x" if exclusive else "s"
+        with self._known_lock:
+            if not self._held:
+                # The known chunks hold only while a lock is held all along: a prune may
+                # have run since they were listed.
+                self._known = None
         state: dict[str, Any] = {"name": self._write_lock(mode), "mode": mode}
         state["refreshed"] = time.monotonic()
         try:
             busy = self._conflicts(state["name"], exclusive)
             if busy:
                 what = "a backup or restore" if exclusive else "a prune"
-                raise RepositoryError(
+                raise LockBusy(
                     f"repository {self.root} is busy ({what} is running: lock {busy}); try "
                     "again later"
                 )
@@ -489,7 +566,7 @@ class S3Store:
                     self._held.pop(id(state), None)
         finally:
             with contextlib.suppress(RepositoryError):
-                self._call("removing this process's lock", "delete_object", Key=state["name"])
+                self.call("removing this process's lock", "delete_object", Key=state["name"])
 
     def _still_locked(self) -> None:
         """Refuse to write when a lock of this process went unrefreshed for too long."""
@@ -508,7 +585,7 @@ class S3Store:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
         name = self._base(f"locks/{stamp}-{mode}-{uuid.uuid4().hex}")
         who = f'{{"host": "{socket.gethostname()}", "pid": {os.getpid()}}}'.encode()
-        self._call("writing a lock", "put_object", Key=name, Body=who, IfNoneMatch="*")
+        self.call("writing a lock", "put_object", Key=name, Body=who, IfNoneMatch="*")
         return name
 
     def _conflicts(self, mine: str, exclusive: bool) -> str | None:
@@ -538,7 +615,7 @@ class S3Store:
             state["refreshed"] = time.monotonic()
             wait = LOCK_REFRESH
             with contextlib.suppress(RepositoryError):
-                self._call("refreshing this process's lock", "delete_object", Key=old)
+                self.call("refreshing this process's lock", "delete_object", Key=old)
 
 
 def _joined(data: Buffers) -> bytes:

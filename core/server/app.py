@@ -31,7 +31,7 @@ from starlette.routing import Route
 from core.errors import BlockvaultError
 from core.repo.format import MAX_MANIFEST
 from core.repo.store import check_key
-from core.server.datastore import Datastore, Refused
+from core.server.datastore import Datastore, Refused, Session
 from core.server.nodes import Node
 
 log = logging.getLogger("blockvault.server")
@@ -102,7 +102,7 @@ def build_app(datastore: Datastore) -> Starlette:
 
     async def whoami(request: Request, node: Node) -> Response:
         try:
-            datastore.config_bytes()
+            await run_in_threadpool(datastore.config_bytes)
             has_repo = True
         except Refused:
             has_repo = False
@@ -111,7 +111,8 @@ def build_app(datastore: Datastore) -> Starlette:
 
     async def config(request: Request, node: Node) -> Response:
         if request.method == "GET":
-            return Response(datastore.config_bytes(), media_type="application/json")
+            data = await run_in_threadpool(datastore.config_bytes)
+            return Response(data, media_type="application/json")
         data = await _body(request, MAX_SMALL_BODY)
         if request.headers.get("if-none-match") == "*":
             await run_in_threadpool(datastore.create_config, node, data)
@@ -141,21 +142,28 @@ def build_app(datastore: Datastore) -> Starlette:
             return Response(headers={"content-length": str(len(data))})
         return Response(data, media_type="application/octet-stream")
 
+    async def opened(node: Node, sid: str) -> Session:
+        """The session ``sid``: at once when open here, else resumed in a worker thread."""
+        session = datastore.live_session(node, sid)
+        if session is None:
+            session = await run_in_threadpool(datastore.session, node, sid)
+        return session
+
     async def begin(request: Request, node: Node) -> Response:
-        datastore.config_bytes()
+        await run_in_threadpool(datastore.config_bytes)
         session = await run_in_threadpool(datastore.begin, node)
         log.info("node %s began session %s", node.name, session.id[:8])
         return JSONResponse({"session": session.id}, status_code=201)
 
     async def chunk(request: Request, node: Node) -> Response:
-        session = datastore.session(node, request.path_params["sid"])
+        session = await opened(node, request.path_params["sid"])
         body = await _body(request, datastore.max_chunk())
         await run_in_threadpool(datastore.upload_chunk, session, request.path_params["name"],
                                 body)
         return JSONResponse({"stored": True})
 
     async def commit(request: Request, node: Node) -> Response:
-        session = datastore.session(node, request.path_params["sid"])
+        session = await opened(node, request.path_params["sid"])
         key = f"{request.path_params['kind']}/{request.path_params['name']}"
         body = await _body(request, MAX_MANIFEST + (64 << 20))
         declared = request.headers.get("x-manifest-length", str(len(body)))
@@ -166,8 +174,8 @@ def build_app(datastore: Datastore) -> Starlette:
         return JSONResponse({"committed": key}, status_code=201 if made else 200)
 
     async def abandon(request: Request, node: Node) -> Response:
-        session = datastore.session(node, request.path_params["sid"])
-        datastore.end(session)
+        session = await opened(node, request.path_params["sid"])
+        await run_in_threadpool(datastore.end, session)
         log.info("node %s abandoned session %s", node.name, session.id[:8])
         return JSONResponse({"abandoned": True})
 

@@ -1,15 +1,19 @@
 """What a repository server does with a datastore, apart from HTTP: sessions, known chunks, owners.
 
-The datastore is a blockvault repository directory (``config.json``, ``chunks/``,
-``images/``, ``increments/``) plus ``server/``:
+The datastore is a blockvault repository (``config.json``, ``chunks/``, ``images/``,
+``increments/``) in a directory or in a bucket (``s3://BUCKET/PREFIX``), plus
+``server/`` in the same place (:mod:`core.server.meta`), so that several servers over
+one bucket serve the same nodes:
 
 - ``server/nodes.json``: the registry (:mod:`core.server.nodes`);
 - ``server/owners/NODE/KIND/ID``: which node a manifest belongs to, holding the
   digests of the chunks it names (32 bytes each): the node's *known chunks* are
   those of its manifests that exist;
-- ``server/sessions/SID.json`` and ``SID.chunks``: an open session and the chunks it
-  was sent, so that a restarted server resumes it and the client resends nothing
-  the server acknowledged.
+- ``server/sessions/SID.json`` and the log ``SID.chunks``: an open session and the
+  chunks it was sent, so that a restarted server (or another over the same bucket)
+  resumes it and the client resends nothing the server acknowledged. Uploads in
+  flight at once are recorded together (one append for all of them, a group commit),
+  each acknowledged once its record is durable.
 
 Every upload is checked against its id before it is acknowledged (plain: the BLAKE3
 of the decompressed content; sealed: the checksum over the ciphertext). A manifest
@@ -20,8 +24,6 @@ never lacks a chunk or an owner, and an unfinished session leaves nothing visibl
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -29,8 +31,8 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from core.errors import BlockvaultError
 from core.repo.crypto import check_sealed
@@ -43,9 +45,10 @@ from core.repo.format import (
     split_digests,
     verify_chunk,
 )
+from core.repo.s3 import S3Store, is_s3
 from core.repo.store import LocalStore, ObjectMissing, check_key
+from core.server.meta import Busy, Meta, meta_of
 from core.server.nodes import SERVER_DIR, Node, NodeRegistry
-from core.undo import write_durably
 
 log = logging.getLogger("blockvault.server")
 
@@ -55,6 +58,12 @@ _SID = re.compile(r"^[0-9a-f]{32}$")
 _MANIFEST_NAME = re.compile(r"^[0-9]{8}T[0-9A-Za-z.]{6,20}-[0-9a-f]{6}$")
 SESSION_IDLE = 3600.0
 """Seconds a session may go unused before the server drops it (and its shared lock)."""
+KNOWN_RECHECK = 2.0
+"""Over a bucket, seconds a node's known chunks are taken as they were last listed
+(a miss lists them again, at most once a second: another server may have committed)."""
+CONFIG = "config.json"
+OWNERS = f"{SERVER_DIR}/owners"
+SESSIONS = f"{SERVER_DIR}/sessions"
 
 
 class Refused(BlockvaultError):
@@ -79,42 +88,49 @@ class Session:
     started: float
     uploaded: set[bytes] = field(default_factory=set)
     used: float = field(default_factory=time.monotonic)
-    lock_fd: int | None = None
-    mutex: threading.Lock = field(default_factory=threading.Lock)
+    release: Callable[[], None] | None = None
+    """Gives the datastore's shared lock back."""
+    recorded: threading.Condition = field(default_factory=threading.Condition)
+    pending: list[bytes] = field(default_factory=list)
+    batch: int = 1
+    """The number the next record batch will have; ``flushed`` the last one durable."""
+    flushed: int = 0
+    flushing: bool = False
 
 
 class Datastore:
     """One datastore as a server serves it to its nodes."""
 
-    def __init__(self, root: str) -> None:
-        self.root = os.path.abspath(root)
-        self.store = LocalStore(self.root)
-        self.registry = NodeRegistry(self.root)
-        self.server_dir = os.path.join(self.root, SERVER_DIR)
+    def __init__(self, location: str) -> None:
+        self.store: LocalStore | S3Store
+        if is_s3(location):
+            self.store = S3Store(location)
+            self.root = self.store.root
+        else:
+            self.root = os.path.abspath(location)
+            self.store = LocalStore(self.root)
+        self.meta: Meta = meta_of(self.store)
+        self.registry = NodeRegistry(self.meta)
         self._sessions: dict[str, Session] = {}
-        self._known: dict[str, tuple[tuple[int, ...], frozenset[bytes]]] = {}
+        self._known: dict[str, tuple[tuple[str, ...], float, frozenset[bytes]]] = {}
         self._lock = threading.Lock()
         self._fixed_config: tuple[bool, int] | None = None
-        for sub in ("owners", "sessions"):
-            os.makedirs(os.path.join(self.server_dir, sub), mode=0o700, exist_ok=True)
 
     # --- the repository's config ---------------------------------------------------
 
-    @property
-    def config_path(self) -> str:
-        return os.path.join(self.root, "config.json")
-
-    def config_bytes(self) -> bytes:
-        """Return ``config.json`` as stored; 404 before any node made the repository."""
-        try:
-            with open(self.config_path, "rb") as f:
-                return f.read()
-        except FileNotFoundError:
+    def _config(self) -> tuple[bytes, str]:
+        found = self.meta.read(CONFIG)
+        if found is None:
             raise Refused(
                 404,
                 "the server's datastore holds no repository yet; make it with "
                 "'blockvault repo init --repo URL'",
-            ) from None
+            )
+        return found
+
+    def config_bytes(self) -> bytes:
+        """Return ``config.json`` as stored; 404 before any node made the repository."""
+        return self._config()[0]
 
     def config(self) -> dict[str, object]:
         """Return the repository's config as a dict."""
@@ -125,18 +141,9 @@ class Datastore:
     def create_config(self, node: Node, data: bytes) -> None:
         """Make the repository from a client's ``repo init`` (only while there is none)."""
         doc = _config_doc(data)
-        tmp = os.path.join(self.root, f".config.json.{secrets.token_hex(6)}")
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            f.write(json.dumps(doc, indent=2).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, self.config_path)  # fails when a config is there: never replaced
-        except FileExistsError:
+        if not self.meta.create(CONFIG, json.dumps(doc, indent=2).encode()):
             raise Refused(409, f"the server's datastore already holds repository "
-                          f"{self.config().get('id')}") from None
-        finally:
-            os.unlink(tmp)
+                          f"{self.config().get('id')}")
         log.info("node %s made repository %s (encryption %s)", node.name, doc["id"],
                  "none" if doc.get("encryption") is None else "on")
 
@@ -150,7 +157,7 @@ class Datastore:
         import hashlib
 
         with self._lock:
-            current_bytes = self.config_bytes()
+            current_bytes, version = self._config()
             if hashlib.sha256(current_bytes).hexdigest() != expected:
                 raise Refused(409, "the repository's keys changed since they were read; try again")
             current = json.loads(current_bytes)
@@ -165,7 +172,9 @@ class Datastore:
             }
             if not same or not enc_new.get("slots"):
                 raise Refused(400, "a node may change only the key slots, and one must stay")
-            _write_durably(self.config_path, json.dumps(new, indent=2).encode())
+            if not self.meta.swap(CONFIG, json.dumps(new, indent=2).encode(), version):
+                raise Refused(409, "the repository's keys changed since they were read; "
+                              "try again")
         log.warning("node %s changed the key slots of repository %s", node.name, new["id"])
 
     def _fixed(self) -> tuple[bool, int]:
@@ -191,52 +200,51 @@ class Datastore:
 
     # --- owners and known chunks ------------------------------------------------------
 
-    def _owner_dir(self, node: str, kind: str) -> str:
-        return os.path.join(self.server_dir, "owners", node, kind)
-
     def owned(self, node: str, kind: str) -> list[str]:
         """Return the names of ``node``'s manifests of ``kind`` that exist."""
-        try:
-            names = os.listdir(self._owner_dir(node, kind))
-        except FileNotFoundError:
-            return []
+        names = self.meta.names(f"{OWNERS}/{node}/{kind}")
         keys = [f"{kind}/{n}" for n in names if _MANIFEST_NAME.match(n)]
         return sorted(k.split("/", 1)[1] for k in self.store.exists_many(keys))
 
     def owner_of(self, key: str) -> str | None:
         """Return the node a manifest belongs to (None: no owner recorded)."""
         kind, name = check_key(key)
-        owners = os.path.join(self.server_dir, "owners")
-        for node in os.listdir(owners):
-            if os.path.exists(os.path.join(owners, node, kind, name)):
+        for node in self.meta.names(OWNERS):
+            if self.meta.exists(f"{OWNERS}/{node}/{kind}/{name}"):
                 return node
         return None
 
-    def known(self, node: str) -> frozenset[bytes]:
-        """Return the digests named by ``node``'s existing manifests (cached per change)."""
-        dirs = [self._owner_dir(node, kind) for kind in MANIFEST_KINDS]
-        stamp = tuple(_mtime(d) for d in dirs)
+    def known(self, node: str, *, fresh: bool = False) -> frozenset[bytes]:
+        """Return the digests named by ``node``'s existing manifests (cached per change).
+
+        Over a directory a change is seen at once (the owner folders' mtimes); over a
+        bucket the listing is trusted for :data:`KNOWN_RECHECK` seconds unless
+        ``fresh`` asks to list again now.
+        """
+        now = time.monotonic()
         with self._lock:
             cached = self._known.get(node)
-            if cached is not None and cached[0] == stamp:
-                return cached[1]
+        if cached and self.meta.remote and not fresh and now - cached[1] < KNOWN_RECHECK:
+            return cached[2]
+        stamp = tuple(self.meta.stamp(f"{OWNERS}/{node}/{kind}") for kind in MANIFEST_KINDS)
+        if cached is not None and cached[0] == stamp:
+            with self._lock:
+                self._known[node] = (stamp, now, cached[2])
+            return cached[2]
         digests: set[bytes] = set()
         for kind in MANIFEST_KINDS:
             for name in self.owned(node, kind):
-                try:
-                    with open(os.path.join(self._owner_dir(node, kind), name), "rb") as f:
-                        refs = f.read()
-                except FileNotFoundError:
-                    continue
-                digests.update(split_digests(refs))
+                found = self.meta.read(f"{OWNERS}/{node}/{kind}/{name}")
+                if found is not None:
+                    digests.update(split_digests(found[0]))
         frozen = frozenset(digests)
         with self._lock:
-            self._known[node] = (stamp, frozen)
+            self._known[node] = (stamp, now, frozen)
         return frozen
 
     def known_stored(self, node: str) -> bytes:
         """Return ``node``'s known chunks that are stored, as concatenated digests."""
-        known = sorted(self.known(node))
+        known = sorted(self.known(node, fresh=True))
         keys = {f"chunks/{d.hex()}": d for d in known}
         present = self.store.exists_many(keys)
         return b"".join(keys[k] for k in sorted(present))
@@ -252,10 +260,15 @@ class Datastore:
             digest = bytes.fromhex(name)
             if digest in self.known(node.name) or (session and digest in session.uploaded):
                 return
+            with self._lock:
+                cached = self._known.get(node.name)
+            recent = cached is not None and time.monotonic() - cached[1] < 1.0
+            if not recent and digest in self.known(node.name, fresh=True):
+                return  # committed a moment ago, perhaps through another server
             raise forbidden(f"chunk {name[:16]}… is not named by any manifest of node {node.name}")
         if kind not in MANIFEST_KINDS:
             raise forbidden(f"{key} is not an object a node may read")
-        if os.path.exists(os.path.join(self._owner_dir(node.name, kind), name)):
+        if self.meta.exists(f"{OWNERS}/{node.name}/{kind}/{name}"):
             return
         if self.store.exists_many([key]):
             raise forbidden(f"{key} belongs to another node than {node.name}")
@@ -274,85 +287,88 @@ class Datastore:
 
     # --- sessions -------------------------------------------------------------------
 
-    def _session_paths(self, sid: str) -> tuple[str, str]:
-        base = os.path.join(self.server_dir, "sessions", sid)
-        return base + ".json", base + ".chunks"
-
     def begin(self, node: Node) -> Session:
         """Open a session for ``node``, holding the datastore's lock shared (prune waits)."""
         self._drop_idle()
         session = Session(secrets.token_hex(16), node.name, time.time())
-        meta, chunks = self._session_paths(session.id)
-        session.lock_fd = self._shared_lock()
-        with open(os.open(meta, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
-            json.dump({"node": node.name, "started": session.started}, f)
-        with open(os.open(chunks, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb"):
-            pass
+        session.release = self._shared_lock()
+        try:
+            doc = {"node": node.name, "started": session.started}
+            self.meta.put(f"{SESSIONS}/{session.id}.json", json.dumps(doc).encode())
+        except BaseException:
+            session.release()
+            raise
         with self._lock:
             self._sessions[session.id] = session
         return session
 
-    def session(self, node: Node, sid: str) -> Session:
-        """Return ``node``'s open session ``sid`` (resumed from disk after a restart)."""
+    def live_session(self, node: Node, sid: str) -> Session | None:
+        """Return ``node``'s session ``sid`` if this server has it open (no I/O), else None."""
         if not _SID.match(sid):
             raise Refused(404, "no such session")
         with self._lock:
             session = self._sessions.get(sid)
-        if session is None:
-            session = self._resume(sid)
+        return None if session is None else self._owned(node, session)
+
+    def session(self, node: Node, sid: str) -> Session:
+        """Return ``node``'s open session ``sid`` (resumed from the store after a restart,
+        or begun through another server over the same bucket)."""
+        return self.live_session(node, sid) or self._owned(node, self._resume(sid))
+
+    def _owned(self, node: Node, session: Session) -> Session:
+        sid = session.id
         if session.node != node.name:
             raise forbidden(f"session {sid[:8]}… belongs to another node than {node.name}")
         session.used = time.monotonic()
         return session
 
     def _resume(self, sid: str) -> Session:
-        meta, chunks = self._session_paths(sid)
+        found = self.meta.read(f"{SESSIONS}/{sid}.json")
         try:
-            with open(meta, encoding="utf-8") as f:
-                doc = json.load(f)
-            with open(chunks, "rb") as f:
-                data = f.read()
-        except (OSError, ValueError):
+            if found is None:
+                raise ValueError("no session record")
+            doc = json.loads(found[0])
+            node, started = str(doc["node"]), float(doc["started"])
+        except (ValueError, KeyError, TypeError):
             raise Refused(404, "the session is gone (finished, dropped after an hour "
                           "unused, or never begun); start the backup again") from None
-        session = Session(sid, str(doc["node"]), float(doc["started"]))
+        session = Session(sid, node, started)
         # A torn last record was never acknowledged: split_digests drops it.
-        session.uploaded = set(split_digests(data))
-        session.lock_fd = self._shared_lock()
+        session.uploaded = set(split_digests(self.meta.records(f"{SESSIONS}/{sid}.chunks") or b""))
+        session.release = self._shared_lock()
         with self._lock:
-            session = self._sessions.setdefault(sid, session)
-        log.info("resumed session %s of node %s (%d chunks)", sid[:8], session.node,
-                 len(session.uploaded))
-        return session
+            kept = self._sessions.setdefault(sid, session)
+        if kept is not session:
+            session.release()
+        log.info("resumed session %s of node %s (%d chunks)", sid[:8], kept.node,
+                 len(kept.uploaded))
+        return kept
 
-    def _shared_lock(self) -> int:
-        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def _shared_lock(self) -> Callable[[], None]:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            return self.meta.shared_lock()
+        except Busy:
             raise Refused(503, "the datastore is being pruned on the server; try again "
                           "when the prune has finished") from None
-        return fd
 
     def end(self, session: Session) -> None:
         """Close ``session``: forget it, release its lock, remove its records."""
         with self._lock:
             self._sessions.pop(session.id, None)
-        if session.lock_fd is not None:
-            os.close(session.lock_fd)
-            session.lock_fd = None
-        for path in self._session_paths(session.id):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        release, session.release = session.release, None
+        if release is not None:
+            release()
+        for name in (f"{session.id}.json", f"{session.id}.chunks"):
+            self.meta.delete(f"{SESSIONS}/{name}")
 
     def close(self) -> None:
         """Release every session's lock (the records stay: a restarted server resumes them)."""
         with self._lock:
             sessions, self._sessions = list(self._sessions.values()), {}
         for session in sessions:
-            if session.lock_fd is not None:
-                os.close(session.lock_fd)
+            release, session.release = session.release, None
+            if release is not None:
+                release()
 
     def _drop_idle(self) -> None:
         now = time.monotonic()
@@ -362,16 +378,40 @@ class Datastore:
             log.info("dropped session %s of node %s: unused for an hour", session.id[:8],
                      session.node)
             self.end(session)
-        directory = os.path.join(self.server_dir, "sessions")
-        for name in os.listdir(directory):
-            path = os.path.join(directory, name)
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - os.stat(path).st_mtime > SESSION_IDLE:
-                    sid = name.split(".", 1)[0]
-                    with self._lock:
-                        live = sid in self._sessions
-                    if not live:
-                        os.unlink(path)
+        for name in self.meta.idle(SESSIONS, SESSION_IDLE):
+            with self._lock:
+                live = name.split(".", 1)[0] in self._sessions
+            if not live:
+                self.meta.delete(f"{SESSIONS}/{name}")
+
+    def _record(self, session: Session, digest: bytes) -> None:
+        """Make ``digest``'s record in ``session`` durable, with those of uploads in flight."""
+        cond = session.recorded
+        with cond:
+            session.pending.append(digest)
+            mine = session.batch
+            while session.flushed < mine:
+                if session.flushing:
+                    cond.wait()
+                    continue
+                batch, session.pending = session.pending, []
+                number = session.batch
+                session.batch += 1
+                session.flushing = True
+                cond.release()
+                try:
+                    self.meta.append(f"{SESSIONS}/{session.id}.chunks", b"".join(batch))
+                except BaseException:
+                    cond.acquire()
+                    session.pending[:0] = batch  # the next flush records them
+                    session.flushing = False
+                    cond.notify_all()
+                    raise
+                cond.acquire()
+                session.flushed = number
+                session.flushing = False
+                session.uploaded.update(batch)
+                cond.notify_all()
 
     # --- uploads and commits ------------------------------------------------------------
 
@@ -393,11 +433,7 @@ class Datastore:
             ) from None
         if not self.store.exists_many([key]):
             self.store.put(key, body)
-        chunks = self._session_paths(session.id)[1]
-        with session.mutex:
-            with open(chunks, "ab") as f:
-                f.write(digest)
-            session.uploaded.add(digest)
+        self._record(session, digest)
 
     def commit(self, node: Node, session: Session, key: str, manifest: bytes,
                refs: bytes) -> bool:
@@ -428,10 +464,10 @@ class Datastore:
             raise Refused(409, f"{key} names {len(missing)} chunks no longer stored "
                           "(pruned meanwhile); run the backup again")
         self.store.sync()
-        owner_dir = self._owner_dir(node.name, kind)
-        os.makedirs(owner_dir, mode=0o700, exist_ok=True)
-        _write_durably(os.path.join(owner_dir, name), b"".join(sorted(digests)))
+        self.meta.put(f"{OWNERS}/{node.name}/{kind}/{name}", b"".join(sorted(digests)))
         self.store.put(key, manifest, durable=True)
+        with self._lock:
+            self._known.pop(node.name, None)
         self.end(session)
         log.info("node %s committed %s (%d chunks, %d new in the session)", node.name, key,
                  len(digests), len(session.uploaded))
@@ -471,10 +507,10 @@ class Datastore:
         if kind not in MANIFEST_KINDS:
             raise forbidden("chunks are deleted by prune on the server, not one by one")
         self.store.delete(key)
-        owners = os.path.join(self.server_dir, "owners")
-        for owner in os.listdir(owners):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(owners, owner, kind, name))
+        for owner in self.meta.names(OWNERS):
+            self.meta.delete(f"{OWNERS}/{owner}/{kind}/{name}")
+        with self._lock:
+            self._known.clear()
         log.warning("admin %s deleted %s", node.name, key)
 
 
@@ -491,14 +527,3 @@ def _config_doc(data: bytes) -> dict[str, object]:
     if not isinstance(doc, dict) or doc.get("format") != 1:
         raise Refused(400, "not a repository config of format 1")
     return doc
-
-
-def _mtime(path: str) -> int:
-    try:
-        return os.stat(path).st_mtime_ns
-    except FileNotFoundError:
-        return 0
-
-
-def _write_durably(path: str, data: bytes) -> None:
-    write_durably(Path(f"{path}.tmp-{secrets.token_hex(4)}"), Path(path), data)

@@ -1,33 +1,34 @@
 """The nodes a server serves (TSM: ``register node``), with their token hashes.
 
-The registry lives in the datastore (``server/nodes.json``), not in one server's
-memory, so every server over the datastore sees the same nodes and a change made by
-``blockvault serve node add|remove`` is seen by a running server at its next request.
+The registry lives in the datastore (``server/nodes.json``, :mod:`core.server.meta`),
+not in one server's memory, so every server over the datastore, a directory or a
+bucket, sees the same nodes, and a change made by ``blockvault serve node add|remove``
+is seen by the running servers (see :class:`NodeRegistry` for how soon).
 A token is shown once, when it is made; only its SHA-256 is kept (tokens are 256
 random bits, so a slow hash would add nothing).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import TypeVar
 
 from core.errors import BlockvaultError
-from core.undo import write_durably
+from core.server.meta import Meta
 
+T = TypeVar("T")
 SERVER_DIR = "server"
-REGISTRY_NAME = "nodes.json"
+REGISTRY = f"{SERVER_DIR}/nodes.json"
+REMOTE_RECHECK = 2.0
 TOKEN_PREFIX = "bvt1_"
 NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MAX_TOKEN = 256
@@ -75,28 +76,36 @@ def token_hash(token: str) -> str:
 
 
 class NodeRegistry:
-    """``server/nodes.json`` of one datastore: read by servers, changed by node commands."""
+    """``server/nodes.json`` of one datastore: read by servers, changed by node commands.
 
-    def __init__(self, store_root: str) -> None:
-        self.directory = os.path.join(store_root, SERVER_DIR)
-        self.path = os.path.join(self.directory, REGISTRY_NAME)
+    A server re-reads it when its version changed: checked at every request over a
+    directory (a stat), at most every :data:`REMOTE_RECHECK` seconds over a bucket (a
+    request), so a token revoked through one server is refused by all within that time.
+    """
+
+    def __init__(self, meta: Meta) -> None:
+        self.meta = meta
+        self.where = f"{meta.root}/{REGISTRY}"
         self._lock = threading.Lock()
-        self._seen: tuple[int, int] | None = None
+        self._checked = -REMOTE_RECHECK
         self._nodes: dict[str, Node] = {}
+        self._version: str | None = None
 
     # --- reading (servers) -------------------------------------------------------
 
     def nodes(self) -> dict[str, Node]:
-        """Return every node by name, re-read when the file changed since the last call."""
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return {}
-        stamp = (st.st_mtime_ns, st.st_ino)
+        """Return every node by name, re-read when the registry changed since the last call."""
+        now = time.monotonic()
         with self._lock:
-            if stamp != self._seen:
-                self._nodes = self._read()
-                self._seen = stamp
+            if self.meta.remote and now - self._checked < REMOTE_RECHECK:
+                return self._nodes
+        found = self.meta.read(REGISTRY)
+        with self._lock:
+            self._checked = now
+            version = None if found is None else found[1]
+            if version != self._version:
+                self._nodes = {} if found is None else self._parse(found[0])
+                self._version = version
             return self._nodes
 
     def authenticate(self, token: str) -> Node | None:
@@ -110,29 +119,29 @@ class NodeRegistry:
                 found = node
         return found
 
-    def _read(self) -> dict[str, Node]:
+    def _parse(self, data: bytes) -> dict[str, Node]:
         try:
-            with open(self.path, encoding="utf-8") as f:
-                raw = json.load(f)
+            raw = json.loads(data)
             return {n["name"]: Node(**n) for n in raw["nodes"]}
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise NodeError(f"the node registry {self.path} is unreadable: {e}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise NodeError(f"the node registry {self.where} is unreadable: {e}") from None
 
     # --- changing (node commands) --------------------------------------------------
 
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[dict[str, Node]]:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        fd = os.open(os.path.join(self.directory, "nodes.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            nodes = self._read() if os.path.exists(self.path) else {}
-            yield nodes
-            doc: dict[str, object] = {"nodes": [asdict(n) for n in nodes.values()]}
-            tmp = Path(f"{self.path}.tmp-{secrets.token_hex(4)}")
-            write_durably(tmp, Path(self.path), doc)
-        finally:
-            os.close(fd)
+    def _change(self, edit: Callable[[dict[str, Node]], T]) -> T:
+        """Apply ``edit`` to the registry as it is now, and store it if nobody changed it
+        meanwhile (else read it again and redo: a compare-and-swap)."""
+        for _ in range(20):
+            found = self.meta.read(REGISTRY)
+            nodes = {} if found is None else self._parse(found[0])
+            result = edit(nodes)
+            doc = {"nodes": [asdict(n) for n in nodes.values()]}
+            if self.meta.swap(REGISTRY, json.dumps(doc).encode(), found[1] if found else None):
+                with self._lock:
+                    self._checked = -REMOTE_RECHECK
+                return result
+            time.sleep(0.05)
+        raise NodeError(f"the node registry {self.where} keeps changing; try again")
 
     def add(self, name: str, *, admin: bool = False) -> str:
         """Register ``name`` and return its new token (shown once; only its hash is kept).
@@ -141,7 +150,8 @@ class NodeRegistry:
         """
         check_node_name(name)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with self._changing() as nodes:
+
+        def edit(nodes: dict[str, Node]) -> None:
             old = nodes.get(name)
             if old is not None and old.revoked is None:
                 raise NodeError(
@@ -149,16 +159,21 @@ class NodeRegistry:
                     "first to give it a new token"
                 )
             nodes[name] = Node(name, token_hash(token), _now(), admin=admin)
+
+        self._change(edit)
         return token
 
     def remove(self, name: str) -> Node:
         """Revoke ``name``'s token; its images and increments stay in the datastore."""
-        with self._changing() as nodes:
+
+        def edit(nodes: dict[str, Node]) -> Node:
             node = nodes.get(name)
             if node is None or node.revoked is not None:
                 raise NodeError(f"no node {name} is registered; see 'blockvault serve node list'")
             nodes[name] = Node(node.name, node.token_sha256, node.created, node.admin, _now())
             return nodes[name]
+
+        return self._change(edit)
 
 
 def _now() -> str:

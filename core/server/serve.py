@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import BlockvaultError
+from core.repo.s3 import is_s3
 from core.server.datastore import Datastore
 from core.tls import ensure_self_signed, fingerprint_of_pem_file
 
@@ -97,8 +98,12 @@ def serve(options: ServeOptions) -> int:
             if made:
                 print(f"made a self-signed certificate {cert}", file=sys.stderr, flush=True)
         scheme, fingerprint = "https", fingerprint_of_pem_file(cert)
-    os.makedirs(options.store, mode=0o700, exist_ok=True)
-    datastore = Datastore(options.store)
+    if is_s3(options.store):
+        datastore = Datastore(options.store)
+        datastore.meta.names("server")  # the bucket answers, or the start fails in one line
+    else:
+        os.makedirs(options.store, mode=0o700, exist_ok=True)
+        datastore = Datastore(options.store)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
