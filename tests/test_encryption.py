@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from cliutil import blockvault
 from imagekit import device_digest
+from s3kit import Gateway, bucket_keys, overwrite_object, read_object
 from serverkit import RepoServer
 from test_agent import agents, raw_volume  # noqa: F401  (agents: the fixture)
 
@@ -30,11 +31,14 @@ class Vault:
         tmp_path: Path,
         cipher: str = "aes-256-gcm",
         server: RepoServer | None = None,
+        bucket: str | None = None,
     ) -> None:
         self.path = tmp_path / "vault"
-        self.location = str(self.path)
+        self.location = bucket or str(self.path)
         self.holds = self.path
         """Where the repository's bytes lie: the directory, or the server's datastore."""
+        self.bucket = bucket if server is None else server.location if bucket else None
+        """The bucket location the bytes lie in instead (directly, or a server's)."""
         if server is not None:
             self.location, self.holds = server.url, server.store
         self.pw = tmp_path / "pw"
@@ -60,6 +64,15 @@ class Vault:
     def files(self) -> list[Path]:
         return sorted(p for p in self.holds.rglob("*") if p.is_file())
 
+    def blobs(self) -> list[tuple[str, bytes]]:
+        """Every object's bytes, with where it lies: files, or the bucket's objects."""
+        if self.bucket is None:
+            return [(str(p), p.read_bytes()) for p in self.files()]
+        client = Gateway.from_environment().client()
+        bucket = self.bucket.removeprefix("s3://").split("/", 1)[0]
+        return [(key, bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read()))
+                for key in bucket_keys(self.bucket)]
+
 
 def secret_volume(loopkit):
     vol = loopkit.volume("32M", "ext4")
@@ -82,6 +95,24 @@ def test_no_content_name_or_key_is_in_a_servers_datastore_and_it_restores(
     no_content_name_or_key_and_it_restores(loopkit, Vault(tmp_path, server=repo_server))
 
 
+@pytest.mark.parametrize("through", ["directly", "a server"])
+def test_no_content_name_or_key_is_in_the_bucket_and_it_restores(
+    loopkit, tmp_path, s3_location, through
+):
+    """A bucket on the real RGW, written by the client itself or by a server over it:
+    every object there, the server's own records too, is sealed bytes only."""
+    if through == "directly":
+        no_content_name_or_key_and_it_restores(loopkit, Vault(tmp_path, bucket=s3_location))
+        return
+    server = RepoServer(tmp_path / "server", s3_location)
+    try:
+        server.start()
+        vault = Vault(tmp_path, server=server, bucket=s3_location)
+        no_content_name_or_key_and_it_restores(loopkit, vault)
+    finally:
+        server.stop()
+
+
 def no_content_name_or_key_and_it_restores(loopkit, vault: Vault) -> None:
     vol = secret_volume(loopkit)
     image = vault.bv("backup", "image", str(vol.mount_point))
@@ -93,8 +124,9 @@ def no_content_name_or_key_and_it_restores(loopkit, vault: Vault) -> None:
     assert exported.rc == 0, exported.err
     raw_keys = [line.split()[1] for line in exported.out.splitlines()[3:5]]
 
-    for path in vault.files():
-        data = path.read_bytes()
+    blobs = vault.blobs()
+    assert any("/chunks/" in where for where, _ in blobs)
+    for path, data in blobs:
         for needle in (MARKER, b"later-notes", *map(str.encode, (*NAMES, *raw_keys))):
             assert needle not in data, f"{needle!r} found in {path}"
 
@@ -132,24 +164,30 @@ def test_a_wrong_or_missing_passphrase_is_one_line_and_writes_nothing(loopkit, t
     assert device_digest(dest) == before
 
 
+@pytest.mark.parametrize("where", ["directory", "bucket"])
 @pytest.mark.parametrize("kind", ["chunks", "images", "increments"])
-def test_a_flipped_byte_in_any_object_is_found_with_and_without_the_key(loopkit, tmp_path, kind):
-    vault = Vault(tmp_path)
+def test_a_flipped_byte_in_any_object_is_found_with_and_without_the_key(
+    loopkit, tmp_path, kind, where, request
+):
+    bucket = request.getfixturevalue("s3_location") if where == "bucket" else None
+    vault = Vault(tmp_path, bucket=bucket)
     vol = secret_volume(loopkit)
     assert vault.bv("backup", "image", str(vol.mount_point)).rc in (0, 8)
     (vol.mount_point / "new.bin").write_bytes(os.urandom(200_000))
     assert vault.bv("backup", "image", str(vol.mount_point), "--mode", "incremental").rc in (0, 8)
-    victim = sorted(p for p in (vault.path / kind).rglob("*") if p.is_file())[0]
-    data = bytearray(victim.read_bytes())
+    keys = sorted(f"{kind}/{at.rsplit('/', 1)[-1]}" for at, _ in vault.blobs() if f"/{kind}/" in at)
+    victim = keys[0]
+    data = bytearray(read_object(vault.location, victim))
     data[len(data) // 2] ^= 0x01
-    victim.write_bytes(bytes(data))
+    overwrite_object(vault.location, victim, bytes(data))
 
     keyless = vault.bv("repo", "check", env={"BLOCKVAULT_PASSPHRASE_FILE": ""})
     keyed = vault.bv("repo", "check", "--read-data")
 
+    name = victim.split("/", 1)[1]
     for res in (keyless, keyed):
         assert res.rc == 12, res.out + res.err
-        assert any(victim.name in f["message"] for f in res.json()["findings"]), res.out
+        assert any(name in f["message"] for f in res.json()["findings"]), res.out
     assert "CHECKED_WITHOUT_KEY" in keyless.out
 
 
