@@ -19,6 +19,7 @@ from core.repo.remote import (
     save_login,
     token_from_env,
 )
+from core.server.meta import meta_at
 from core.server.nodes import NodeRegistry
 from core.server.serve import DEFAULT_PORT, DEFAULT_STATE_DIR, ServeOptions, serve
 from tui.cli.output import escape, help_page
@@ -47,7 +48,7 @@ def cmd_serve(args: argparse.Namespace, out: Console) -> int:
 def _cmd_node(args: argparse.Namespace, out: Console) -> int:
     if not args.store:
         raise BlockvaultError(f"serve node {args.node_action} needs --store PATH (the datastore)")
-    registry = NodeRegistry(args.store)
+    registry = NodeRegistry(meta_at(args.store))
     if args.node_action == "list":
         nodes = [n.public() for n in registry.nodes().values()]
         if args.json:
