@@ -250,6 +250,8 @@ class BlockvaultApp(App[int]):
 
     @on(DevicesScanned)
     def show_devices(self, message: DevicesScanned) -> None:
+        if self._panes_gone():
+            return
         tree = self.query_one("#devices", DeviceTreeView)
         tree.show_devices(message.tree)
         # The highlighted device may have changed (a restore wrote a file system on it, a
@@ -299,20 +301,20 @@ class BlockvaultApp(App[int]):
         except BlockvaultError as e:
             self.post_message(HistoryLoaded(path, None, e.message))
 
-    def _shown_details(self) -> VolumeDetails | None:
-        """The details pane, or None once the console is closing (a worker's late answer)."""
-        found = self.query("#details")
-        return found.first(VolumeDetails) if found else None
+    def _panes_gone(self) -> bool:
+        """True once the console's panes are gone: a worker's or a timer's late turn
+        then has nothing to show (and must not fail the app)."""
+        return not self.query("#devices")
 
     @on(VolumeChecked)
     def show_check(self, message: VolumeChecked) -> None:
-        if message.path == self._selected_device and (details := self._shown_details()):
-            details.show_check(message.check)
+        if message.path == self._selected_device and not self._panes_gone():
+            self.query_one("#details", VolumeDetails).show_check(message.check)
 
     @on(HistoryLoaded)
     def show_history(self, message: HistoryLoaded) -> None:
-        if message.path == self._selected_device and (details := self._shown_details()):
-            details.show_history(message.history, message.error)
+        if message.path == self._selected_device and not self._panes_gone():
+            self.query_one("#details", VolumeDetails).show_history(message.history, message.error)
 
     @on(Tree.NodeSelected, "#devices")
     def device_selected(self, event: Tree.NodeSelected[str]) -> None:
@@ -444,7 +446,7 @@ class BlockvaultApp(App[int]):
         same moment. When a job this console saw running has ended, the details are
         read again: its image or increment is in the timeline now.
         """
-        if self.paused or not self._dirty:
+        if self.paused or not self._dirty or self._panes_gone():
             return
         dirty, self._dirty = self._dirty, set()
         views = {job_id: self.jobs.view(job_id) for job_id in sorted(dirty, key=int)}
