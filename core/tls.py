@@ -23,6 +23,16 @@ KEY_NAME = "server.key"
 VALID_DAYS = 3650
 
 
+def is_loopback(host: str) -> bool:
+    """True when ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def fingerprint_of_der(der: bytes) -> str:
     """Return the SHA-256 fingerprint of a DER certificate as ``AB:CD:…`` (64 hex digits)."""
     digest = hashlib.sha256(der).hexdigest().upper()

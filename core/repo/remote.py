@@ -40,6 +40,7 @@ from core.repo.store import (
     check_key,
 )
 from core.statedir import state_dir
+from core.tls import is_loopback
 
 NODE_ENV = "BLOCKVAULT_NODE"
 TOKEN_ENV = "BLOCKVAULT_TOKEN"
@@ -76,7 +77,7 @@ def normalize_url(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname or parts.path not in ("", "/"):
         raise ServerError(f"{url!r} is not a server address like https://HOST:PORT")
-    if parts.scheme == "http" and not _loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ServerError(
             f"{url!r}: plain http would send this node's token in the clear; use "
             "https:// (plain http is for a server on a loopback address only)"
@@ -84,17 +85,6 @@ def normalize_url(url: str) -> str:
     port = parts.port or (443 if parts.scheme == "https" else 80)
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port}"
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import sys
@@ -12,7 +11,7 @@ from typing import Any
 from core.errors import BlockvaultError
 from core.repo.s3 import is_s3
 from core.server.datastore import Datastore
-from core.tls import ensure_self_signed, fingerprint_of_pem_file
+from core.tls import ensure_self_signed, fingerprint_of_pem_file, is_loopback
 
 log = logging.getLogger("blockvault.server")
 DEFAULT_PORT = 8407
@@ -41,15 +40,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ServeError(f"--listen {listen!r} is not HOST:PORT (e.g. 0.0.0.0:{DEFAULT_PORT})")
     return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _server_class() -> type:
@@ -82,7 +72,7 @@ def serve(options: ServeOptions) -> int:
     cert: str | None = None
     key: str | None = None
     if options.insecure_http:
-        if not _loopback(host):
+        if not is_loopback(host):
             raise ServeError(
                 f"--insecure-http is allowed on a loopback address only, not {host}: tokens "
                 "and backups would cross the network in the clear"
