@@ -310,3 +310,49 @@ def test_two_servers_over_one_bucket_serve_the_same_nodes(loopkit, s3_location, 
     finally:
         one.stop()
         two.stop()
+
+
+def test_a_bucket_servers_session_outlives_the_server(loopkit, s3_location, tmp_path):
+    """SIGKILL a server over a bucket mid-backup and start it again: what it knew of the
+    session (the node, the chunks it acknowledged) was in the bucket, so it resumes the
+    session and the backup finishes with nothing sent twice that was acknowledged."""
+    import signal
+
+    from serverkit import RepoServer
+
+    server = RepoServer(tmp_path / "server", s3_location)
+    backup = None
+    try:
+        server.start()
+        assert server.bv("a", "repo", "init", "--encryption", "none").rc == 0
+        vol = random_volume(loopkit, 200)
+        env = {**os.environ, **server.client_env("a"), "BLOCKVAULT_COMMRESTARTDURATION": "1"}
+        backup = subprocess.Popen(
+            [sys.executable, "-m", "tui.cli", "backup", "image", vol.device, "--json"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len([k for k in bucket_keys(s3_location) if "/chunks/" in k]) >= 10:
+                break
+            time.sleep(0.1)
+        server.stop(signal.SIGKILL)
+        assert backup.poll() is None, "the backup ended before the server was killed"
+        time.sleep(1.0)
+        server.start()
+        _out, err = backup.communicate(timeout=240)
+        assert backup.returncode == 0, err
+        assert "resumed session" in server.log.read_text()
+        check = blockvault("repo", "check", "--repo", s3_location, "--json")
+        assert check.rc == 0, check.out
+        dest = loopkit.attach(loopkit.image("200M"))
+        res = server.bv("a", "restore", "image", vol.device, dest, "--confirm", dest)
+        assert res.rc == 0, res.err
+        assert device_digest(dest) == device_digest(vol.device)
+        left = [k for k in bucket_keys(s3_location) if "/server/sessions/" in k]
+        assert left == []  # the session's records went with its commit
+    finally:
+        if backup is not None and backup.poll() is None:
+            backup.kill()
+            backup.wait()
+        server.stop()
