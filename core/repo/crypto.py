@@ -89,8 +89,11 @@ class Keys:
         nonce = secrets.token_bytes(NONCE_BYTES)
         head = SEALED_MAGIC + bytes((number,)) + salt + nonce
         plain = parts[0] if len(parts) == 1 else b"".join(parts)
-        body = head + cls(self._object_key(salt)).encrypt(nonce, plain, _aad(name, head))
-        return [body, blake3.blake3(body).digest()]
+        sealed = cls(self._object_key(salt)).encrypt(nonce, plain, _aad(name, head))
+        # Three parts, stored one after the other: no copy of the ciphertext behind the head.
+        checksum = blake3.blake3(head)
+        checksum.update(sealed)
+        return [head, sealed, checksum.digest()]
 
     def open(self, name: str, stored: bytes) -> bytes:
         """Return the plain bytes of the sealed object ``name``.
