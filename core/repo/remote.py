@@ -582,12 +582,13 @@ class RemoteStore:
                     self._check(response, key)
                 declared = response.headers.get("content-length", "")
                 data = bytearray()
-                if not (declared.isdigit() and int(declared) > limit):
-                    for part in response.iter_bytes():
-                        data += part
-                        if len(data) > limit:
-                            break
-                if len(data) > limit or (declared.isdigit() and int(declared) > limit):
+                too_big = declared.isdigit() and int(declared) > limit  # refused unread
+                for part in () if too_big else response.iter_bytes():
+                    data += part
+                    if len(data) > limit:
+                        too_big = True
+                        break
+                if too_big:
                     raise UnreadableObject(
                         f"object {key} on {self.url} is larger than any "
                         f"{key.split('/', 1)[0].removesuffix('s')} can be ({limit} bytes): "
@@ -627,14 +628,16 @@ class RemoteStore:
 
     def list(self, kind: str) -> Iterator[str]:
         names = self._check(self._request("GET", f"/v1/list/{kind}"), f"the list of {kind}").json()
-        keys = [f"{kind}/{n}" for n in names] if isinstance(names, list) else None
         try:
-            for key in keys or ():
+            if not isinstance(names, list):
+                raise TypeError(type(names).__name__)
+            keys = [f"{kind}/{n}" for n in names]
+            for key in keys:
                 check_key(key)
-        except ValueError:
-            keys = None
-        if keys is None:
-            raise ServerError(f"the server {self.url} sent a list of {kind} that holds no names")
+        except (TypeError, ValueError):
+            raise ServerError(
+                f"the server {self.url} sent a list of {kind} that holds no names"
+            ) from None
         return iter(keys)
 
     def strays(self, kind: str) -> Iterator[tuple[str, str]]:

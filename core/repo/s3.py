@@ -211,16 +211,16 @@ class S3Store:
         except BotoCoreError as e:
             raise self._failed(e, f"reading {s3key}") from None
 
-    def raw_head(self, s3key: str) -> bool:
-        """True when ``s3key`` is there."""
+    def raw_etag(self, s3key: str) -> str | None:
+        """Return the ETag of ``s3key`` (one HEAD), or None when it is not there."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self.client.head_object(Bucket=self.bucket, Key=s3key)
-            return True
+            head = self.client.head_object(Bucket=self.bucket, Key=s3key)
+            return str(head["ETag"]).strip('"')
         except ClientError as e:
             if _status(e) == 404:
-                return False
+                return None
             raise self._failed(e, f"looking for {s3key}") from None
         except BotoCoreError as e:
             raise self._failed(e, f"looking for {s3key}") from None

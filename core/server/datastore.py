@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import secrets
 import threading
@@ -45,9 +44,9 @@ from core.repo.format import (
     split_digests,
     verify_chunk,
 )
-from core.repo.s3 import S3Store, is_s3
+from core.repo.s3 import S3Store
 from core.repo.store import LocalStore, ObjectMissing, check_key
-from core.server.meta import Busy, Meta, meta_of
+from core.server.meta import Busy, Meta, meta_of, store_at
 from core.server.nodes import SERVER_DIR, Node, NodeRegistry
 
 log = logging.getLogger("blockvault.server")
@@ -102,13 +101,8 @@ class Datastore:
     """One datastore as a server serves it to its nodes."""
 
     def __init__(self, location: str) -> None:
-        self.store: LocalStore | S3Store
-        if is_s3(location):
-            self.store = S3Store(location)
-            self.root = self.store.root
-        else:
-            self.root = os.path.abspath(location)
-            self.store = LocalStore(self.root)
+        self.store: LocalStore | S3Store = store_at(location)
+        self.root = self.store.root
         self.meta: Meta = meta_of(self.store)
         self.registry = NodeRegistry(self.meta)
         self._sessions: dict[str, Session] = {}
@@ -210,7 +204,7 @@ class Datastore:
         """Return the node a manifest belongs to (None: no owner recorded)."""
         kind, name = check_key(key)
         for node in self.meta.names(OWNERS):
-            if self.meta.exists(f"{OWNERS}/{node}/{kind}/{name}"):
+            if self.meta.version(f"{OWNERS}/{node}/{kind}/{name}") is not None:
                 return node
         return None
 
@@ -268,7 +262,7 @@ class Datastore:
             raise forbidden(f"chunk {name[:16]}… is not named by any manifest of node {node.name}")
         if kind not in MANIFEST_KINDS:
             raise forbidden(f"{key} is not an object a node may read")
-        if self.meta.exists(f"{OWNERS}/{node.name}/{kind}/{name}"):
+        if self.meta.version(f"{OWNERS}/{node.name}/{kind}/{name}") is not None:
             return
         if self.store.exists_many([key]):
             raise forbidden(f"{key} belongs to another node than {node.name}")

@@ -45,8 +45,8 @@ class Meta(Protocol):
     def read(self, name: str) -> tuple[bytes, str] | None:
         """Return ``(data, version)`` of ``name``, or None when there is none."""
 
-    def exists(self, name: str) -> bool:
-        """True when ``name`` is there."""
+    def version(self, name: str) -> str | None:
+        """Return the version :meth:`read` would give ``name`` (cheaper), or None: not there."""
 
     def create(self, name: str, data: bytes) -> bool:
         """Store ``name`` unless it is there (return False then): never replaced."""
@@ -93,20 +93,15 @@ class LocalMeta:
     def read(self, name: str) -> tuple[bytes, str] | None:
         try:
             with open(self._path(name), "rb") as f:
-                st = os.fstat(f.fileno())
-                return f.read(), f"{st.st_mtime_ns}.{st.st_ino}.{st.st_size}"
+                return f.read(), _version_of(os.fstat(f.fileno()))
         except FileNotFoundError:
             return None
 
-    def _version(self, name: str) -> str | None:
+    def version(self, name: str) -> str | None:
         try:
-            st = os.stat(self._path(name))
+            return _version_of(os.stat(self._path(name)))
         except FileNotFoundError:
             return None
-        return f"{st.st_mtime_ns}.{st.st_ino}.{st.st_size}"
-
-    def exists(self, name: str) -> bool:
-        return os.path.exists(self._path(name))
 
     def _folder_of(self, name: str) -> str:
         folder = os.path.dirname(self._path(name))
@@ -134,7 +129,7 @@ class LocalMeta:
                        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if self._version(name) != version:
+            if self.version(name) != version:
                 return False
             self.put(name, data)
             return True
@@ -215,8 +210,8 @@ class BucketMeta:
     def read(self, name: str) -> tuple[bytes, str] | None:
         return self.store.raw_get(self._key(name))
 
-    def exists(self, name: str) -> bool:
-        return self.store.raw_head(self._key(name))
+    def version(self, name: str) -> str | None:
+        return self.store.raw_etag(self._key(name))
 
     def create(self, name: str, data: bytes) -> bool:
         return self.store.raw_create(self._key(name), data)
@@ -274,8 +269,17 @@ class BucketMeta:
         return stack.close
 
 
+def _version_of(st: os.stat_result) -> str:
+    return f"{st.st_mtime_ns}.{st.st_ino}.{st.st_size}"
+
+
 def _data(found: tuple[bytes, str] | None) -> bytes:
     return b"" if found is None else found[0]
+
+
+def store_at(location: str) -> LocalStore | S3Store:
+    """Return the object store of the datastore at ``location`` (a directory or s3://)."""
+    return S3Store(location) if is_s3(location) else LocalStore(os.path.abspath(location))
 
 
 def meta_of(store: LocalStore | S3Store) -> Meta:
@@ -285,6 +289,4 @@ def meta_of(store: LocalStore | S3Store) -> Meta:
 
 def meta_at(location: str) -> Meta:
     """Return the records' home of the datastore at ``location`` (a directory or s3://)."""
-    if is_s3(location):
-        return BucketMeta(S3Store(location))
-    return LocalMeta(os.path.abspath(location))
+    return meta_of(store_at(location))

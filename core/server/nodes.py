@@ -99,13 +99,15 @@ class NodeRegistry:
         with self._lock:
             if self.meta.remote and now - self._checked < REMOTE_RECHECK:
                 return self._nodes
-        found = self.meta.read(REGISTRY)
+        version = self.meta.version(REGISTRY)  # a stat, or a HEAD: read only on a change
         with self._lock:
             self._checked = now
-            version = None if found is None else found[1]
-            if version != self._version:
-                self._nodes = {} if found is None else self._parse(found[0])
-                self._version = version
+            if version == self._version:
+                return self._nodes
+        found = self.meta.read(REGISTRY)
+        with self._lock:
+            self._nodes = {} if found is None else self._parse(found[0])
+            self._version = None if found is None else found[1]
             return self._nodes
 
     def authenticate(self, token: str) -> Node | None:
