@@ -298,7 +298,11 @@ class AgentClient(Jobs):
             cached = self._cache.get(job_id)
         if cached is not None:
             return cached
-        return self._fetch(job_id)
+        fetched = self._fetch(job_id)
+        if self._synced.is_set():
+            with self._lock:  # its events may still be on their way: views() has it now
+                return self._cache.setdefault(job_id, fetched)
+        return fetched
 
     def _fetch(self, job_id: str) -> JobView:
         r = self._request("GET", f"/v1/jobs/{job_id}")
