@@ -13,6 +13,11 @@ none``); RGW shares this machine's two cores with the client. The requests the
 client sent to the bucket are counted (botocore's own event hook, every retry
 included) and printed per GiB of the volume's used data.
 
+Then, once: a fresh ext4 volume of ``--small-files`` files (default 200,000; 1 to 4 KiB
+of text each) gets a full image and then an increment into a bucket, and the objects
+the increment wrote (PUTs) and its requests are printed: small files go into packs, so
+the count is a few hundred at most, not one per file.
+
 Target (medians): full backup and restore within 1.5× of the directory. Not part of
 the test suite. Needs root and the Ceph daemons (tests/ceph-rgw.sh install).
 """
@@ -91,11 +96,55 @@ def stop_gateway(work: Path) -> None:
                    capture_output=True, check=False)
 
 
+def small_files_increment(
+    work: Path, res: volume.Resources, env: dict[str, str], count: int
+) -> dict[str, dict[str, int]]:
+    """Return the requests of a full image and then an increment of ``count`` small files."""
+    import random
+
+    image = work / "small-files.img"
+    with open(image, "wb") as f:
+        f.truncate(max(1 << 30, count * 12 << 10))
+    dev = res.attach(image, read_only=False)
+    volume.run("mkfs.ext4", "-q", "-F", "-N", str(count + 1000), dev)
+    mp = work / "small-files"
+    res.mount(dev, mp, "rw")
+    rng = random.Random(7)
+    vocab = volume.make_vocabulary(rng)
+    started = time.monotonic()
+    for i in range(count):
+        where = mp / f"d{i // 1000:04d}"
+        if i % 1000 == 0:
+            where.mkdir()
+        (where / f"f{i:06d}.txt").write_bytes(volume.small_text(rng, rng.randint(1024, 4096),
+                                                                vocab))
+    os.sync()
+    print(f"{count} small files written in {time.monotonic() - started:.0f} s", flush=True)
+    location = f"s3://bench-small-{int(time.time())}/repo"
+    subprocess.run([BV, "repo", "init", "--repo", location, "--encryption", "none"], env=env,
+                   check=True, capture_output=True)
+    common = ["--repo", location, "--no-agent"]
+    out = {"small files: full image": counted_command(["backup", "image", str(mp),
+                                                        "--imagetype", "static", *common], env)}
+    started = time.monotonic()
+    out[f"small files: increment of {count}"] = counted_command(
+        ["backup", "image", str(mp), "--mode", "incremental", *common], env
+    )
+    print(f"increment of {count} small files: {time.monotonic() - started:.0f} s, "
+          f"{out[f'small files: increment of {count}'].get('PutObject', 0)} objects written",
+          flush=True)
+    res.umount(mp)
+    res.detach(dev)
+    image.unlink()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rebuild", action="store_true")
     ap.add_argument("--dir", type=Path, default=volume.CACHE_DIR)
+    ap.add_argument("--small-files", type=int, default=200_000)
     ap.add_argument("--write-results", action="store_true")
     ap.add_argument("--results-file", type=Path, default=BENCH_DIR / "RESULTS.md")
     args = ap.parse_args(argv)
@@ -144,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                         counts["restore"] = counted_command(counted, run_env)
                     if kind == "local":
                         shutil.rmtree(work / f"local-{rnd}", ignore_errors=True)
+            if args.small_files:
+                counts.update(small_files_increment(work, res, s3_env, args.small_files))
         finally:
             stop_gateway(work)
             res.close()
@@ -158,11 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     table, ok = volume.ratio_table(times, "s3", "S3", TARGETS)
     lines += table
     lines += ["", f"Requests the client sent to the bucket ({used_gib:.2f} GiB of used data):", "",
-              "| op | requests | per GiB | by kind |", "| --- | --- | --- | --- |"]
+              "| op | requests | per GiB | objects written | by kind |",
+              "| --- | --- | --- | --- | --- |"]
     for op, by_kind in counts.items():
         total = sum(by_kind.values())
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(by_kind.items()))
-        lines.append(f"| {op} | {total} | {total / used_gib:.0f} | {kinds} |")
+        per_gib = "" if op.startswith("small files") else f"{total / used_gib:.0f}"
+        lines.append(f"| {op} | {total} | {per_gib} | {by_kind.get('PutObject', 0)} | {kinds} |")
     body = "\n".join(lines) + "\n"
     print(body)
     if args.write_results:

@@ -178,3 +178,40 @@ __all__ = [
     "read_object",
     "remove_object",
 ]
+
+
+def object_keys(location: str, kind: str) -> list[str]:
+    """The keys (``KIND/NAME``) of every object of ``kind`` at ``location``."""
+    location = datastore_of(location)
+    if not location.startswith("s3://"):
+        top = Path(location, kind)
+        return sorted(f"{kind}/{p.name}" for p in top.glob("*/*") if p.is_file())
+    parts = [k.split("/") for k in bucket_keys(location)]
+    return sorted(f"{kind}/{p[-1]}" for p in parts if len(p) >= 3 and p[-3] == kind)
+
+
+def chunk_place(location: str, digest: str) -> tuple[str, int, int]:
+    """Where chunk ``digest`` (hex) is stored: ``(key, offset, length)`` of its own object,
+    or of its piece in a pack (found by reading each pack's index, as blockvault does)."""
+    from core.repo.packs import parse_tail
+
+    key = f"chunks/{digest}"
+    if key in object_keys(location, "chunks"):
+        return key, 0, len(read_object(location, key))
+    for pack in object_keys(location, "packs"):
+        data = read_object(location, pack)
+        entries = parse_tail(pack, data, len(data))
+        assert not isinstance(entries, int)
+        for d, e in entries:
+            if d.hex() == digest:
+                return pack, e.offset, e.length
+    raise AssertionError(f"chunk {digest} is stored nowhere at {location}")
+
+
+def damage_chunk(location: str, digest: str, at: int = -1) -> str:
+    """Flip byte ``at`` of chunk ``digest``'s stored bytes (object or piece); return the key."""
+    key, offset, length = chunk_place(location, digest)
+    data = bytearray(read_object(location, key))
+    data[offset + (at % length)] ^= 0xFF
+    overwrite_object(location, key, bytes(data))
+    return key

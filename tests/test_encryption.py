@@ -125,7 +125,7 @@ def no_content_name_or_key_and_it_restores(loopkit, vault: Vault) -> None:
     raw_keys = [line.split()[1] for line in exported.out.splitlines()[3:5]]
 
     blobs = vault.blobs()
-    assert any("/chunks/" in where for where, _ in blobs)
+    assert any("/packs/" in where for where, _ in blobs)  # small pieces are packed, sealed
     for path, data in blobs:
         for needle in (MARKER, b"later-notes", *map(str.encode, (*NAMES, *raw_keys))):
             assert needle not in data, f"{needle!r} found in {path}"
@@ -165,7 +165,7 @@ def test_a_wrong_or_missing_passphrase_is_one_line_and_writes_nothing(loopkit, t
 
 
 @pytest.mark.parametrize("where", ["directory", "bucket"])
-@pytest.mark.parametrize("kind", ["chunks", "images", "increments"])
+@pytest.mark.parametrize("kind", ["chunks", "packs", "images", "increments"])
 def test_a_flipped_byte_in_any_object_is_found_with_and_without_the_key(
     loopkit, tmp_path, kind, where, request
 ):
@@ -173,7 +173,7 @@ def test_a_flipped_byte_in_any_object_is_found_with_and_without_the_key(
     vault = Vault(tmp_path, bucket=bucket)
     vol = secret_volume(loopkit)
     assert vault.bv("backup", "image", str(vol.mount_point)).rc in (0, 8)
-    (vol.mount_point / "new.bin").write_bytes(os.urandom(200_000))
+    (vol.mount_point / "new.bin").write_bytes(os.urandom(600_000))  # a chunk object
     assert vault.bv("backup", "image", str(vol.mount_point), "--mode", "incremental").rc in (0, 8)
     keys = sorted(f"{kind}/{at.rsplit('/', 1)[-1]}" for at, _ in vault.blobs() if f"/{kind}/" in at)
     victim = keys[0]

@@ -43,6 +43,8 @@ def queue(loopkit, repo_location: str) -> Iterator[JobQueue]:
 
 
 def image_ids(repo_location: str) -> list[str]:
+    if "://" not in repo_location and not os.path.exists(f"{repo_location}/config.json"):
+        return []  # a first backup that stored nothing leaves no repository behind
     return [m.id for m in Repository.open(repo_location, create=False).images()]
 
 

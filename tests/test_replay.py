@@ -73,7 +73,7 @@ def store(repo: Repository, data: bytes) -> tuple[bytes, ...]:
             ids.append(ZERO_ID)
             continue
         digest = chunk_digest(piece)
-        repo.put_chunk(digest, encode_chunk(piece))
+        repo.put_chunk(digest, encode_chunk(piece), len(piece))
         ids.append(digest)
     repo.store.sync()
     return tuple(ids)

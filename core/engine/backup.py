@@ -325,7 +325,7 @@ def _store_chunk(
             report.chunks_dedup += 1
         return digest
     stored = encode_chunk(data)
-    repo.put_chunk(digest, stored)
+    repo.put_chunk(digest, stored, size)
     with lock:
         known.add(digest)
         in_flight.discard(digest)

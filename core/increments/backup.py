@@ -249,7 +249,7 @@ class _Pipeline:
                 self.report.bytes_dedup += size
             return digest
         stored = encode_chunk(data)
-        self.repo.put_chunk(digest, stored)
+        self.repo.put_chunk(digest, stored, size)
         with self.lock:
             self.known.add(digest)
             self.in_flight.discard(digest)

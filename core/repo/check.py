@@ -9,12 +9,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import blake3
+
 from core import findings as F
 from core.findings import Finding
 from core.progress import Meter, ProgressFn
 from core.repo.crypto import check_sealed
 from core.repo.filemanifest import FileManifest
 from core.repo.format import ZERO_ID, DamagedObject, ImageManifest, chunk_key, verify_chunk
+from core.repo.packs import PACK_MAGIC, parse_tail, verify_piece
 from core.repo.repository import Repository, digest_of_key
 from core.repo.s3 import S3Store
 from core.repo.store import ObjectMissing, RepositoryError
@@ -29,6 +32,8 @@ class CheckReport(JobReport):
     images: int = 0
     increments: int = 0
     chunks: int = 0
+    packs: int = 0
+    """Pack objects verified (each holds many small chunks, counted in ``chunks``)."""
     bytes_checked: int = 0
     duration: float = 0.0
     requests: int | None = None
@@ -102,27 +107,41 @@ def _check_sealed(
         for kind, names in (("images", repo.image_ids()), ("increments", repo.increment_ids()))
         for name in names
     ] + [chunk_key(d) for d in repo.chunk_digests()]
-    meter = Meter("checking", len(keys), progress, cancel)
+    packs = list(repo.local.list("packs"))
+    meter = Meter("checking", len(keys) + len(packs), progress, cancel)
     lock = threading.Lock()
 
     def verify(take: Iterator[str]) -> None:
         for key in take:
             try:
                 data = repo.local.get(key)
-                check_sealed(key, data)
+                if key.startswith("packs/"):
+                    ok, bad, findings = _verify_pack(repo, key, data, deep=False)
+                    with lock:
+                        report.chunks += len(ok) + len(bad)
+                        report.findings.extend(findings)
+                else:
+                    check_sealed(key, data)
                 with lock:
                     report.bytes_checked += len(data)
             except (DamagedObject, ObjectMissing) as e:
-                code = "CHUNK_DAMAGED" if key.startswith("chunks/") else "MANIFEST_DAMAGED"
+                code = {"chunks": "CHUNK_DAMAGED", "packs": "PACK_DAMAGED"}.get(
+                    key.split("/", 1)[0], "MANIFEST_DAMAGED"
+                )
                 with lock:
                     report.findings.append(F.blocker(code, e.message, key=key))
             meter.add(1)
 
     run_workers(
-        keys, verify, threads=repo.store.readers, check_cancel=meter.check_cancel, name="bv-check"
+        keys + packs,
+        verify,
+        threads=repo.store.readers,
+        check_cancel=meter.check_cancel,
+        name="bv-check",
     )
     report.images, report.increments = len(repo.image_ids()), len(repo.increment_ids())
-    report.chunks = len(keys) - report.images - report.increments
+    report.chunks += len(keys) - report.images - report.increments
+    report.packs = len(packs)
     report.findings.append(
         F.info(
             "CHECKED_WITHOUT_KEY",
@@ -147,13 +166,35 @@ def _check(
     manifests = [m for _, m in _readable(report, "image", repo.image_ids(), repo.image)]
     report.images = len(manifests)
     digests = repo.chunk_digests()
-    stored = set(digests)
-    meter = Meter("checking", len(digests), progress, cancel)
-    damaged: set[bytes] = set()
+    packs = list(repo.local.list("packs"))  # none through a server: it serves their pieces
+    meter = Meter("checking", len(digests) + len(packs), progress, cancel)
+    seen: set[bytes] = set()
+    """Chunks with a copy stored (an object, a piece of a pack)."""
+    good: set[bytes] = set()
+    """Chunks with a copy that verified: those in ``seen`` and not here are damaged."""
     lock = threading.Lock()
 
-    def verify(take: Iterator[bytes]) -> None:
+    def verify_pack(key: str) -> None:
+        try:
+            data = repo.local.get(key)
+            ok, bad, findings = _verify_pack(repo, key, data, deep=read_data)
+        except (DamagedObject, ObjectMissing) as e:
+            with lock:
+                report.findings.append(F.blocker("PACK_DAMAGED", e.message, key=key))
+            return
+        with lock:
+            report.chunks += len(ok) + len(bad)
+            report.bytes_checked += len(data)
+            report.findings.extend(findings)
+            seen.update(ok, bad)
+            good.update(ok)
+
+    def verify(take: Iterator[bytes | str]) -> None:
         for digest in take:
+            if isinstance(digest, str):
+                verify_pack(digest)
+                meter.add(1)
+                continue
             key = chunk_key(digest)
             try:
                 if read_data:
@@ -162,22 +203,26 @@ def _check(
                     size = len(check_sealed(key, repo.local.get(key)))
                 with lock:
                     report.bytes_checked += size
+                    good.add(digest)
             except (DamagedObject, ObjectMissing) as e:
                 with lock:
-                    damaged.add(digest)
                     report.findings.append(
                         F.blocker("CHUNK_DAMAGED", e.message, chunk=digest.hex(), key=key)
                     )
             meter.add(1)
 
+    seen.update(digests)
+    work: list[bytes | str] = [*packs, *digests]
     run_workers(
-        digests,
+        work,
         verify,
         threads=repo.store.readers,
         check_cancel=meter.check_cancel,
         name="bv-check",
     )
-    report.chunks = len(digests)
+    report.chunks += len(digests)
+    report.packs = len(packs)
+    stored, damaged = seen, seen - good
 
     for m in manifests:
         for index, digest in m.chunks():
@@ -230,6 +275,42 @@ def _check(
     meter.finish("done")
     report.duration = meter.elapsed
     return report
+
+
+def _verify_pack(
+    repo: Repository, key: str, data: bytes, *, deep: bool
+) -> tuple[list[bytes], list[bytes], list[Finding]]:
+    """Return the chunk ids of pack ``key`` whose pieces verify, those that do not, and
+    the findings.
+
+    Every piece is verified as its chunk object would be: a sealed one by its checksum
+    (``deep``: opened and hashed too, which needs the key), a plain one decoded and
+    hashed. A pack whose index does not read has no pieces to name: one finding.
+    """
+    if data[: len(PACK_MAGIC)] != PACK_MAGIC:
+        raise DamagedObject(f"{key} is damaged: no pack header")
+    entries = parse_tail(key, data, len(data))
+    assert not isinstance(entries, int)  # the whole object is its own tail
+    ok: list[bytes] = []
+    bad: list[bytes] = []
+    findings: list[Finding] = []
+    view = memoryview(data)
+    for digest, e in entries:
+        piece = view[e.offset : e.offset + e.length]
+        try:
+            verify_piece(digest, piece, sealed=repo.encrypted, where=key)
+            if deep and repo.encrypted:
+                verify_chunk(repo.open_piece(digest, bytes(piece)), digest, name=repo.digest)
+            ok.append(digest)
+        except DamagedObject as err:
+            bad.append(digest)
+            findings.append(
+                F.blocker("CHUNK_DAMAGED", err.message, chunk=digest.hex(), key=key)
+            )
+    if blake3.blake3(data).hexdigest() != key.split("/", 1)[1] and not bad:
+        findings.append(F.blocker("PACK_DAMAGED", f"{key} is damaged: its content does not "
+                                  "match its name (its pieces verify)", key=key))
+    return ok, bad, findings
 
 
 def _strays_and_leftovers(repo: Repository) -> list[Finding]:
@@ -292,6 +373,10 @@ class PruneReport(JobReport):
     bytes_freed: int = 0
     temp_files_removed: int = 0
     chunks_kept: int = 0
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    """Packs mostly unused that were rewritten: their live pieces moved to new packs."""
+    packs_written: int = 0
     duration: float = 0.0
     requests: int | None = None
     """Requests sent to the object store (a bucket's; None for a directory or a server)."""
@@ -346,6 +431,8 @@ def prune_repository(repo: Repository) -> PruneReport:
                 report.bytes_freed += repo.store.size_of(key)
                 repo.store.delete(key)
                 report.chunks_deleted += 1
+        if not repo.damaged:
+            _prune_packs(repo, referenced, report)
         for path in list(repo.local.temp_files()):
             report.bytes_freed += os.stat(path).st_size
             os.unlink(path)
@@ -354,6 +441,67 @@ def prune_repository(repo: Repository) -> PruneReport:
     if before is not None:
         report.requests = (_requests(repo) or 0) - before
     return report
+
+
+REPACK_BELOW = 0.5
+"""A pack is rewritten when less than this share of its bytes is still needed."""
+
+
+def _prune_packs(repo: Repository, referenced: set[bytes], report: PruneReport) -> None:
+    """Delete packs no manifest needs; rewrite those mostly unneeded.
+
+    A piece counts once: where the pack map finds its chunk (a chunk also stored as
+    an object of its own, or in an earlier pack, is a spare copy). Live pieces move
+    unopened (no key is needed), verified first; the new packs are durable before an
+    old one is deleted. A pack whose index does not read is never touched.
+    """
+    assert repo.packs is not None
+    packs = repo.packs.packs()
+    objects = set(repo.chunk_digests())
+    doomed: list[str] = []
+    for key, entries in sorted(packs.items()):
+        live = [
+            (d, e) for d, e in entries
+            if d in referenced and d not in objects and repo.packs.locate(d) == e
+        ]
+        size = sum(e.length for _, e in entries)
+        if not live:
+            doomed.append(key)
+            report.bytes_freed += size
+            report.packs_deleted += 1
+            continue
+        live_bytes = sum(e.length for _, e in live)
+        if live_bytes >= REPACK_BELOW * size:
+            report.chunks_kept += len(live)
+            continue
+        try:
+            data = repo.local.get(key)
+            entries_now = parse_tail(key, data, len(data))
+            assert not isinstance(entries_now, int)
+            for d, e in live:
+                piece = memoryview(data)[e.offset : e.offset + e.length]
+                plain = verify_piece(d, piece, sealed=repo.encrypted, where=key)
+                repo.packer.add(d, [bytes(piece)], plain)
+        except (DamagedObject, ObjectMissing) as err:
+            report.findings.append(
+                F.warning("PACK_KEPT", f"{key} was not rewritten: {err.message}", key=key)
+            )
+            report.chunks_kept += len(live)
+            continue
+        doomed.append(key)
+        report.bytes_freed += size - live_bytes
+        report.packs_repacked += 1
+        report.chunks_kept += len(live)
+    written = repo.packer.packs_written
+    repo.flush()
+    report.packs_written = repo.packer.packs_written - written
+    repo.local.sync()
+    if isinstance(repo.local, S3Store):
+        repo.local.delete_many(doomed)
+    else:
+        for key in doomed:
+            repo.store.delete(key)
+    repo.packs.refresh()
 
 
 def _delete_command(kind: str, object_id: str) -> str:

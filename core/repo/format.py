@@ -307,9 +307,13 @@ MAX_MANIFEST = 512 << 20
 """The largest manifest a repository holds (an image of 16 TiB has a 128 MiB table)."""
 
 
+CONTENT_KINDS = ("chunks/", "packs/")
+"""Objects named by their content: storing one that exists stores the same bytes again."""
+
+
 def max_stored(key: str) -> int:
     """Return the most bytes object ``key`` can hold: a reader refuses more, unread."""
-    return max(CHUNK_SIZES) + CHUNK_SLACK if key.startswith("chunks/") else MAX_MANIFEST
+    return max(CHUNK_SIZES) + CHUNK_SLACK if key.startswith(CONTENT_KINDS) else MAX_MANIFEST
 
 
 def expand(stored: bytes, limit: int, key: str) -> bytes:

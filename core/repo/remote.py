@@ -528,11 +528,12 @@ class RemoteStore:
 
     def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
         kind, name = check_key(key)
-        if kind != "chunks":
-            raise RepositoryError(f"{key}: only chunks are put on a server; manifests commit")
+        if kind not in ("chunks", "packs"):
+            raise RepositoryError(f"{key}: only chunks and packs are put on a server; "
+                                  "manifests commit")
         parts = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
         sid = self._begin()
-        path = f"/v1/sessions/{sid}/chunks/{name}"
+        path = f"/v1/sessions/{sid}/{kind}/{name}"
         try:
             self.fast.request("PUT", path, parts)
         except _Miss:
@@ -541,9 +542,14 @@ class RemoteStore:
                 self._check(response, f"the upload of {key}")
             except ServerError as e:
                 raise RepositoryWriteFailed(f"{e}; nothing of this backup was recorded") from None
+        if kind == "chunks":
+            self.note_stored([bytes.fromhex(name)])
+
+    def note_stored(self, digests: Iterable[bytes]) -> None:
+        """Count chunks just acknowledged by the server as stored (no need to ask again)."""
         with self._lock:
             if self._known is not None:
-                self._known.add(bytes.fromhex(name))
+                self._known.update(digests)
 
     def commit(self, key: str, data: Buffers, refs: Iterable[bytes]) -> None:
         """Commit manifest ``key`` naming chunks ``refs``: the session ends, the object appears."""

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from core.repo.crypto import OVERHEAD as SEAL_OVERHEAD
 from core.repo.crypto import (
     PASSPHRASE_COMMAND_ENV,
     PASSPHRASE_FILE_ENV,
@@ -41,12 +42,14 @@ from core.repo.format import (
     decode_manifest,
     encode_manifest,
 )
+from core.repo.packs import PACK_BELOW, Entry, Packer, PackMap
 from core.repo.remote import RemoteStore, connect, is_remote, normalize_url
 from core.repo.s3 import S3Store, is_s3, normalize_location
 from core.repo.sealed import SealedStore, secret_given, unlock, unlocked
 from core.repo.store import LocalStore, ObjectMissing, RepositoryError
 
 T = TypeVar("T")
+OBJECT_KINDS = ("chunks", "packs", "images", "increments")
 _CHUNK_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -166,6 +169,14 @@ class Repository:
             chunk_digest if keys is None else keys.digest
         )
         """What names a chunk: BLAKE3 of its content, keyed with the id key when encrypted."""
+        self.packs: PackMap | None = (
+            None
+            if isinstance(self.local, RemoteStore)  # the server finds packed chunks itself
+            else PackMap(self.local, self._pack_sizes if isinstance(self.local, S3Store) else None)
+        )
+        """Where packed chunks lie (None through a server: it reads them out of its packs)."""
+        self.packer = Packer(self._store_pack, self._stored_pack)
+        """Small chunks on their way into a pack (stored at the latest before a manifest)."""
         self._made_directory = False
         self.created = False
         """True when this very opening created the repository (see :meth:`discard_unused`)."""
@@ -338,11 +349,11 @@ class Repository:
         """
         if not self.created or self.remote is not None:
             return
-        for kind in ("chunks", "images", "increments"):
+        for kind in OBJECT_KINDS:
             top = os.path.join(self.location, kind)
             if os.path.isdir(top) and any(os.scandir(top)):
                 return
-        for name in ("chunks", "images", "increments"):
+        for name in OBJECT_KINDS:
             with contextlib.suppress(FileNotFoundError, OSError):
                 os.rmdir(os.path.join(self.location, name))
         for name in (CONFIG_NAME, "lock"):
@@ -363,6 +374,8 @@ class Repository:
         name them, so the two never overlap. On a server the server holds the lock for
         each session, and prune runs there; in a bucket the lock is an object of its own.
         """
+        if self.packs is not None:
+            self.packs.forget()  # a prune may have rewritten packs since they were read
         if isinstance(self.remote, S3Store):
             with self.remote.lock(exclusive):
                 yield
@@ -400,7 +413,7 @@ class Repository:
     # --- chunks ----------------------------------------------------------------------
 
     def chunk_digests(self) -> list[bytes]:
-        """Return the digest of every stored chunk (names that are no digest are strays)."""
+        """Return the digest of every chunk stored as an object of its own (not packed)."""
         return [d for key in self.store.list("chunks") if (d := digest_of_key(key)) is not None]
 
     def strays(self) -> list[tuple[str, str]]:
@@ -408,26 +421,80 @@ class Repository:
 
         Such entries are never read, listed or deleted (``repo check`` reports them).
         """
-        out = [s for kind in ("chunks", "images", "increments") for s in self.store.strays(kind)]
-        for key in self.store.list("chunks"):
-            name = key.split("/", 1)[1]
-            if not _CHUNK_NAME.match(name):
-                where = os.path.join(self.location, "chunks", name[:2], name)
-                out.append((where, "is named like no chunk (chunks are named by 64 hex digits)"))
+        out = [s for kind in OBJECT_KINDS for s in self.store.strays(kind)]
+        for kind in ("chunks", "packs"):
+            for key in self.store.list(kind):
+                name = key.split("/", 1)[1]
+                if not _CHUNK_NAME.match(name):
+                    where = os.path.join(self.location, kind, name[:2], name)
+                    out.append((where, f"is named like no {kind[:-1]} (named by 64 hex digits)"))
         return out
 
     def stored_chunks(self, digests: Iterable[bytes]) -> set[bytes]:
-        """Return the subset of ``digests`` already stored."""
-        keys = {chunk_key(d): d for d in digests}
-        return {keys[k] for k in self.store.exists_many(keys)}
+        """Return the subset of ``digests`` already stored (as objects, in packs, or on
+        their way into a pack in this process)."""
+        digests = list(digests)
+        found = {d for d in digests if self.packer.pending(d)}
+        if self.packs is not None:
+            found.update(d for d in digests if self.packs.locate(d) is not None)
+        keys = {chunk_key(d): d for d in digests if d not in found}
+        return found | {keys[k] for k in self.store.exists_many(keys)}
 
-    def put_chunk(self, digest: bytes, stored: Sequence[bytes | memoryview]) -> None:
-        """Store an encoded chunk (see :func:`core.repo.format.encode_chunk`)."""
-        self.store.put(chunk_key(digest), stored)
+    def put_chunk(self, digest: bytes, stored: Sequence[bytes | memoryview], plain: int) -> None:
+        """Store an encoded chunk of ``plain`` bytes (see :func:`core.repo.format.encode_chunk`):
+        a small one goes into a pack, sealed first in an encrypted repository."""
+        if sum(len(p) for p in stored) + (SEAL_OVERHEAD if self.keys else 0) >= PACK_BELOW:
+            self.store.put(chunk_key(digest), stored)
+        elif self.keys is None:
+            self.packer.add(digest, stored, plain)
+        else:
+            self.packer.add(digest, self.keys.seal(chunk_key(digest), stored), plain)
+
+    def flush(self) -> None:
+        """Store the chunks waiting in the packer (a manifest that names them comes after)."""
+        self.packer.flush()
+
+    def _pack_sizes(self) -> dict[str, int]:
+        assert isinstance(self.local, S3Store)
+        return self.local.sizes("packs")  # one listing: names and sizes
+
+    def _store_pack(self, key: str, parts: Sequence[bytes | memoryview]) -> None:
+        self.local.put(key, parts)
+
+    def _stored_pack(self, key: str, entries: list[tuple[bytes, Entry]]) -> None:
+        if self.packs is not None:
+            self.packs.add(key, entries)
+        if isinstance(self.local, RemoteStore):
+            self.local.note_stored(d for d, _ in entries)
 
     def get_chunk(self, digest: bytes) -> bytes:
         """Return a chunk's plain bytes, verified against its digest."""
-        return decode_chunk(self.store.get(chunk_key(digest)), digest, name=self.digest)
+        waiting = self.packer.waiting(digest)
+        if waiting is not None:  # stored by this process, on its way into a pack
+            return decode_chunk(self.open_piece(digest, waiting), digest, name=self.digest)
+        entry = None if self.packs is None else self.packs.locate(digest)
+        if entry is None:
+            try:
+                return decode_chunk(self.store.get(chunk_key(digest)), digest, name=self.digest)
+            except ObjectMissing:
+                if self.packs is None:
+                    raise
+                entry = self.packs.refresh().get(digest)  # packed by another process since
+                if entry is None:
+                    raise
+        return decode_chunk(self.read_piece(digest, entry), digest, name=self.digest)
+
+    def read_piece(self, digest: bytes, entry: Entry) -> bytes:
+        """Return the stored bytes of a packed chunk, opened in an encrypted repository."""
+        assert self.packs is not None
+        raw = self.packs.store.get_range(entry.key, entry.offset, entry.length)
+        if len(raw) != entry.length:
+            raise DamagedObject(f"{entry.key} is damaged: shorter than its index says")
+        return self.open_piece(digest, raw)
+
+    def open_piece(self, digest: bytes, raw: bytes) -> bytes:
+        """Return a packed chunk's stored bytes as a chunk object's (opened when sealed)."""
+        return raw if self.keys is None else self.keys.open(chunk_key(digest), raw)
 
     # --- manifests: images and increments ----------------------------------------------
     # Both kinds live under a folder of their own, named by id; a manifest is stored
@@ -436,6 +503,7 @@ class Repository:
     def _put_manifest(
         self, folder: str, object_id: str, data: bytes, refs: Iterable[bytes]
     ) -> None:
+        self.flush()
         self.store.commit(f"{folder}/{object_id}", data, refs)
 
     def _ids(self, folder: str) -> list[str]:

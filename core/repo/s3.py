@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from core.repo.format import max_stored
+from core.repo.format import CONTENT_KINDS, max_stored
 from core.repo.store import (
     Buffers,
     ObjectMissing,
@@ -342,9 +342,10 @@ class S3Store:
 
     def put(self, key: str, data: Buffers, *, durable: bool = False) -> None:
         """Store ``data`` as ``key``; a chunk already there is the same content."""
-        if not key.startswith("chunks/"):
+        named_by_content = key.startswith(CONTENT_KINDS)
+        if not named_by_content:
             self._still_locked()
-        if not self._create(self._key(key), _joined(data)) and not key.startswith("chunks/"):
+        if not self._create(self._key(key), _joined(data)) and not named_by_content:
             raise RepositoryWriteFailed(f"{key} already exists in {self.root}: not overwritten")
         if key.startswith("chunks/"):
             with self._known_lock:
@@ -390,6 +391,27 @@ class S3Store:
                     f"object {key} in {self.root} is archived (InvalidObjectState): restore "
                     "it to a readable storage class first"
                 ) from None
+            raise self._failed(e, f"reading {key}") from None
+        except BotoCoreError as e:
+            raise self._failed(e, f"reading {key}") from None
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes of object ``key`` from ``offset``: one ranged GET."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if length <= 0:
+            return b""
+        try:
+            last = offset + length - 1
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-{last}"
+            )
+            return bytes(response["Body"].read(length))
+        except ClientError as e:
+            if _code(e) in ("NoSuchKey", "404"):
+                raise ObjectMissing(f"object {key} is missing from {self.root}") from None
+            if _status(e) == 416:
+                return b""
             raise self._failed(e, f"reading {key}") from None
         except BotoCoreError as e:
             raise self._failed(e, f"reading {key}") from None

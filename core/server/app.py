@@ -11,7 +11,9 @@ refused request is logged with the node and the reason.
 - ``GET /v1/list/KIND``: names the node may see, as JSON
 - ``GET|HEAD|DELETE /v1/objects/KIND/NAME``: read one object (delete: admin only)
 - ``POST /v1/sessions``: begin a session; ``PUT /v1/sessions/SID/chunks/ID``: upload
-  a chunk; ``POST /v1/sessions/SID/commit/KIND/NAME``: the manifest (and, for a
+  a chunk; ``PUT /v1/sessions/SID/packs/NAME``: a pack of small chunks (each piece
+  verified; a packed chunk is then read as ``/v1/objects/chunks/ID``);
+  ``POST /v1/sessions/SID/commit/KIND/NAME``: the manifest (and, for a
   sealed one, the digests it names after ``X-Manifest-Length`` bytes) ends it;
   ``DELETE /v1/sessions/SID`` abandons it
 """
@@ -30,6 +32,7 @@ from starlette.routing import Route
 
 from core.errors import BlockvaultError
 from core.repo.format import MAX_MANIFEST
+from core.repo.packs import MAX_PACK
 from core.repo.store import check_key
 from core.server.datastore import Datastore, Refused, Session
 from core.server.nodes import Node
@@ -162,6 +165,13 @@ def build_app(datastore: Datastore) -> Starlette:
                                 body)
         return JSONResponse({"stored": True})
 
+    async def pack(request: Request, node: Node) -> Response:
+        session = await opened(node, request.path_params["sid"])
+        body = await _body(request, MAX_PACK)
+        await run_in_threadpool(datastore.upload_pack, session, request.path_params["name"],
+                                body)
+        return JSONResponse({"stored": True})
+
     async def commit(request: Request, node: Node) -> Response:
         session = await opened(node, request.path_params["sid"])
         key = f"{request.path_params['kind']}/{request.path_params['name']}"
@@ -189,6 +199,7 @@ def build_app(datastore: Datastore) -> Starlette:
               methods=["GET", "HEAD", "DELETE"]),
         Route("/v1/sessions", authenticated(begin), methods=["POST"]),
         Route("/v1/sessions/{sid}/chunks/{name}", authenticated(chunk), methods=["PUT"]),
+        Route("/v1/sessions/{sid}/packs/{name}", authenticated(pack), methods=["PUT"]),
         Route("/v1/sessions/{sid}/commit/{kind}/{name}", authenticated(commit),
               methods=["POST"]),
         Route("/v1/sessions/{sid}", authenticated(abandon), methods=["DELETE"]),

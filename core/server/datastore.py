@@ -30,7 +30,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from core.errors import BlockvaultError
@@ -44,6 +44,7 @@ from core.repo.format import (
     split_digests,
     verify_chunk,
 )
+from core.repo.packs import PackMap, verify_pack
 from core.repo.s3 import S3Store
 from core.repo.store import LocalStore, ObjectMissing, check_key
 from core.server.meta import Busy, Meta, meta_of, store_at
@@ -109,6 +110,11 @@ class Datastore:
         self._known: dict[str, tuple[tuple[str, ...], float, frozenset[bytes]]] = {}
         self._lock = threading.Lock()
         self._fixed_config: tuple[bool, int] | None = None
+        store = self.store
+        self.packs = PackMap(
+            store, (lambda: store.sizes("packs")) if isinstance(store, S3Store) else None
+        )
+        """Where packed chunks lie: loaded again when a chunk is not where it was."""
 
     # --- the repository's config ---------------------------------------------------
 
@@ -238,10 +244,19 @@ class Datastore:
 
     def known_stored(self, node: str) -> bytes:
         """Return ``node``'s known chunks that are stored, as concatenated digests."""
-        known = sorted(self.known(node, fresh=True))
-        keys = {f"chunks/{d.hex()}": d for d in known}
-        present = self.store.exists_many(keys)
-        return b"".join(keys[k] for k in sorted(present))
+        known = self.known(node, fresh=True)
+        return b"".join(sorted(self.stored(known)))
+
+    def stored(self, digests: Iterable[bytes]) -> set[bytes]:
+        """Return the subset of ``digests`` stored, as chunk objects or in packs."""
+        digests = set(digests)
+        found = {d for d in digests if self.packs.locate(d) is not None}
+        keys = {f"chunks/{d.hex()}": d for d in digests - found}
+        found |= {keys[k] for k in self.store.exists_many(keys)}
+        if len(found) < len(digests):  # packed through another server meanwhile?
+            where = self.packs.refresh()
+            found |= {d for d in digests - found if d in where}
+        return found
 
     def may_read(self, node: Node, key: str, session: Session | None = None) -> None:
         """Raise 403 unless ``node`` may read object ``key``."""
@@ -270,10 +285,12 @@ class Datastore:
 
     def listing(self, node: Node, kind: str) -> list[str]:
         """Return the names of ``kind`` that ``node`` may see."""
-        if kind not in (*MANIFEST_KINDS, "chunks"):
+        if kind not in (*MANIFEST_KINDS, "chunks", "packs"):
             raise Refused(404, f"no object kind {kind!r}")
         if node.admin:
             return [k.split("/", 1)[1] for k in self.store.list(kind)]
+        if kind == "packs":
+            return []  # a node reads packed chunks as chunks: which pack holds one is ours
         if kind == "chunks":
             data = self.known_stored(node.name)
             return [d.hex() for d in split_digests(data)]
@@ -286,6 +303,7 @@ class Datastore:
         self._drop_idle()
         session = Session(secrets.token_hex(16), node.name, time.time())
         session.release = self._shared_lock()
+        self.packs.forget()  # under the lock: no prune runs now, and one may have run
         try:
             doc = {"node": node.name, "started": session.started}
             self.meta.put(f"{SESSIONS}/{session.id}.json", json.dumps(doc).encode())
@@ -330,6 +348,7 @@ class Datastore:
         # A torn last record was never acknowledged: split_digests drops it.
         session.uploaded = set(split_digests(self.meta.records(f"{SESSIONS}/{sid}.chunks") or b""))
         session.release = self._shared_lock()
+        self.packs.forget()  # under the lock: no prune runs now, and one may have run
         with self._lock:
             kept = self._sessions.setdefault(sid, session)
         if kept is not session:
@@ -378,11 +397,11 @@ class Datastore:
             if not live:
                 self.meta.delete(f"{SESSIONS}/{name}")
 
-    def _record(self, session: Session, digest: bytes) -> None:
-        """Make ``digest``'s record in ``session`` durable, with those of uploads in flight."""
+    def _record(self, session: Session, *digests: bytes) -> None:
+        """Make ``digests``' records in ``session`` durable, with those of uploads in flight."""
         cond = session.recorded
         with cond:
-            session.pending.append(digest)
+            session.pending.extend(digests)
             mine = session.batch
             while session.flushed < mine:
                 if session.flushing:
@@ -429,6 +448,21 @@ class Datastore:
             self.store.put(key, body)
         self._record(session, digest)
 
+    def upload_pack(self, session: Session, name: str, body: bytes) -> None:
+        """Verify pack ``name`` and every piece in it, store it once, acknowledge its chunks."""
+        if not _HEX.match(name):
+            raise Refused(400, f"{name!r} is no pack name (64 hex digits)")
+        key = f"packs/{name}"
+        try:
+            entries = verify_pack(key, body, sealed=self._encrypted(),
+                                  max_chunk=self.max_chunk())
+        except DamagedObject as e:
+            raise Refused(422, f"the upload of {key[:22]}… is refused: {e}") from None
+        if not self.store.exists_many([key]):
+            self.store.put(key, body)
+        self.packs.add(key, entries)
+        self._record(session, *(d for d, _ in entries))
+
     def commit(self, node: Node, session: Session, key: str, manifest: bytes,
                refs: bytes) -> bool:
         """Commit manifest ``key`` of ``session``; return False when it was already there.
@@ -452,8 +486,7 @@ class Datastore:
                 f"{key} names {len(foreign)} chunks that node {node.name} neither uploaded "
                 "in this session nor named in its own manifests"
             )
-        wanted = {f"chunks/{d.hex()}" for d in digests}
-        missing = wanted - self.store.exists_many(wanted)
+        missing = digests - self.stored(digests)
         if missing:
             raise Refused(409, f"{key} names {len(missing)} chunks no longer stored "
                           "(pruned meanwhile); run the backup again")
@@ -484,11 +517,24 @@ class Datastore:
     # --- reading and deleting ---------------------------------------------------------------
 
     def get(self, key: str) -> bytes:
-        """Return object ``key`` as stored (404 when missing)."""
-        try:
-            return self.store.get(key)
-        except ObjectMissing:
-            raise Refused(404, f"object {key} is missing from the datastore") from None
+        """Return object ``key`` as stored (404 when missing); a packed chunk's piece
+        as the chunk object would be."""
+        kind, name = check_key(key)
+        digest = bytes.fromhex(name) if kind == "chunks" and _HEX.match(name) else None
+        for attempt in range(2):
+            entry = None if digest is None else self.packs.locate(digest)
+            try:
+                if entry is None:
+                    return self.store.get(key)
+                piece = self.store.get_range(entry.key, entry.offset, entry.length)
+                if len(piece) == entry.length:
+                    return piece
+            except ObjectMissing:
+                pass
+            if digest is None or attempt:
+                break
+            self.packs.refresh()  # pruned and rewritten, or packed through another server
+        raise Refused(404, f"object {key} is missing from the datastore")
 
     def delete(self, node: Node, key: str) -> None:
         """Delete a manifest (admin only): its owner record goes with it; chunks wait for prune."""

@@ -62,7 +62,8 @@ def cmd_repo(args: argparse.Namespace, out: Console) -> int:
             out.print(
                 f"checked {report.images} images, {report.increments} increments and "
                 f"{report.chunks} chunks "
-                f"({human_size(report.bytes_checked)})"
+                + (f"({report.packs} packs) " if report.packs else "")
+                + f"({human_size(report.bytes_checked)})"
                 + (f" in {report.requests} requests" if report.requests is not None else "")
             )
             print_findings(out, report.findings)
@@ -75,7 +76,14 @@ def cmd_repo(args: argparse.Namespace, out: Console) -> int:
     else:
         out.print(
             f"deleted {pruned.chunks_deleted} chunks ({human_size(pruned.bytes_freed)} freed), "
-            f"kept {pruned.chunks_kept}; removed {pruned.temp_files_removed} leftovers"
+            f"kept {pruned.chunks_kept}; "
+            + (
+                f"deleted {pruned.packs_deleted} packs, rewrote {pruned.packs_repacked} "
+                f"into {pruned.packs_written}; "
+                if pruned.packs_deleted or pruned.packs_repacked
+                else ""
+            )
+            + f"removed {pruned.temp_files_removed} leftovers"
             + (f" ({pruned.requests} requests)" if pruned.requests is not None else "")
         )
         print_findings(out, pruned.findings)
