@@ -320,6 +320,29 @@ def test_a_backup_keeps_running_when_its_console_dies_and_a_new_console_shows_it
     consoles.wait_for(second, f"job {job} done", lambda s: state_of(s, job) == "done")
 
 
+def test_the_console_quits_with_one_key_after_its_agent_went_away(agents, consoles):
+    """The agent stopped under an open console: ``q`` still quits, cleanly (it asked the
+    gone agent for its jobs, and died in a traceback)."""
+    repo = consoles.dir / "repo"  # a short path: the header names it, and where jobs run
+    assert blockvault("repo", "init", "--repo", str(repo)).rc == 0
+    agent = start_agent_on(agents, repo)
+    session = consoles.open(repo)
+    consoles.wait_for(session, "the agent's console", lambda s: "jobs run in the agent" in s)
+    assert agent.stop() == 0
+
+    consoles.tmux("send-keys", "-t", session, "q")
+
+    def pane(what: str) -> str:
+        return consoles.tmux("display-message", "-p", "-t", session, f"#{{{what}}}").strip()
+
+    deadline = time.monotonic() + SCREEN_WAIT
+    while pane("pane_dead") != "1" or not pane("pane_dead_status"):
+        assert time.monotonic() < deadline, consoles.screen(session)
+        time.sleep(POLL)
+    screen = consoles.screen(session)
+    assert pane("pane_dead_status") == "0" and "Traceback" not in screen, screen
+
+
 def normalized(report_text: str, image_id: str) -> str:
     """Return the human report without what differs between two runs: the id and the time."""
     lines = [" ".join(line.split()) for line in report_text.replace(image_id, "IMAGE").splitlines()]

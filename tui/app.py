@@ -581,10 +581,15 @@ class BlockvaultApp(App[int]):
 
     async def action_quit(self) -> None:
         """Quit; while jobs run, ask first (quitting cancels them)."""
-        running = [v for v in self.jobs.active() if v.state is not JobState.QUEUED]
-        queued = [v for v in self.jobs.active() if v.state is JobState.QUEUED]
-        if self.jobs.outlives_client or (not running and not queued):
-            # In the agent, jobs go on without the console: nothing to ask.
+        if self.jobs.outlives_client:
+            # In the agent, jobs go on without the console: nothing to ask (and nothing
+            # to ask an agent that is gone).
+            self.exit(0)
+            return
+        active = self.jobs.active()
+        running = [v for v in active if v.state is not JobState.QUEUED]
+        queued = [v for v in active if v.state is JobState.QUEUED]
+        if not running and not queued:
             self.exit(0)
             return
 
