@@ -18,8 +18,8 @@ from s3kit import damage_chunk, datastore_of, object_keys
 
 from core.engine.backup import BackupOptions, backup_image
 from core.increments.backup import backup_increment
-from core.repo.format import DamagedObject
-from core.repo.packs import PACK_TARGET
+from core.repo.format import DamagedObject, chunk_digest, encode_chunk
+from core.repo.packs import MAX_PACK, PACK_TARGET, encode_pack, verify_pack
 from core.repo.repository import Repository
 from core.snapshots import ImageType
 
@@ -148,3 +148,49 @@ def test_prune_deletes_dead_packs_and_rewrites_mostly_dead_ones(loopkit, tmp_pat
               remaining[0]["id"]).rc == 0
     pruned = bv(location, "repo", "prune", "--json").json()
     assert pruned["packs_deleted"] == 2 and object_keys(location, "packs") == []
+
+
+def test_a_prune_run_again_after_it_was_cut_off_between_writes_and_deletes_keeps_every_piece(
+    loopkit, tmp_path
+):
+    """The state a prune leaves when it stops after storing the rewritten pack and before
+    deleting the old one (here: the old pack put back as it was): the next prune keeps
+    every piece a manifest needs, whichever of the two packs sorts first."""
+    location = str(tmp_path / "repo")
+    first = pieces_volume(loopkit, list(range(300, 316)))
+    second = pieces_volume(loopkit, [300, 301, *range(400, 414)])
+    assert bv(location, "backup", "image", first.device, "--no-agent").rc == 0
+    assert bv(location, "backup", "image", second.device, "--no-agent").rc == 0
+    saved = {k: (tmp_path / "repo" / "packs" / k[6:8] / k[6:]).read_bytes()
+             for k in object_keys(location, "packs")}
+    images = bv(location, "query", "image", "--json").json()["images"]
+    gone = next(i["id"] for i in images if i["device"] == first.device)
+    assert bv(location, "delete", "backup", "--objtype", "image", "--image", gone).rc == 0
+    assert bv(location, "repo", "prune", "--json").json()["packs_repacked"] == 1
+    for key, data in saved.items():  # the old packs back, beside the rewritten one
+        path = tmp_path / "repo" / "packs" / key[6:8] / key[6:]
+        if not path.exists():
+            path.write_bytes(data)
+
+    pruned = bv(location, "repo", "prune", "--json")
+    assert pruned.rc == 0, pruned.out
+    check = bv(location, "repo", "check", "--json")
+    assert check.rc == 0, check.out
+    target = loopkit.attach(loopkit.image(f"{16 * 4}M"))
+    res = bv(location, "restore", "image", second.device, target, "--confirm", target,
+             "--no-agent")
+    assert res.rc == 0, res.out + res.err
+    assert device_digest(target) == device_digest(second.device)
+
+
+def test_a_pack_over_its_bounds_is_refused_unread():
+    """What a hostile node could upload: a piece larger than any packed chunk, a pack
+    larger than any pack. Neither verifies (the server answers 422)."""
+    big = os.urandom(1 << 20)
+    key, parts = encode_pack([(chunk_digest(big), encode_chunk(big))])
+    with pytest.raises(DamagedObject, match="a piece of"):
+        verify_pack(key, b"".join(parts), sealed=False)
+    small = [os.urandom(200 << 10) for _ in range(MAX_PACK // (200 << 10) + 2)]
+    key, parts = encode_pack([(chunk_digest(s), encode_chunk(s)) for s in small])
+    with pytest.raises(DamagedObject, match="more than any pack"):
+        verify_pack(key, b"".join(parts), sealed=False)

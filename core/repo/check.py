@@ -496,6 +496,13 @@ def _prune_packs(repo: Repository, referenced: set[bytes], report: PruneReport) 
     repo.flush()
     report.packs_written = repo.packer.packs_written - written
     repo.local.sync()
+    # A pack rewritten into the very bytes of one listed as dead (a prune interrupted
+    # between its writes and its deletes, run again) is the new home of its pieces.
+    kept = [key for key in doomed if key in repo.packer.written]
+    for key in kept:
+        doomed.remove(key)
+        report.packs_deleted -= 1
+        report.bytes_freed -= sum(e.length for _, e in packs[key])
     if isinstance(repo.local, S3Store):
         repo.local.delete_many(doomed)
     else:

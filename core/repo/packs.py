@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Protocol
@@ -45,14 +46,17 @@ MAX_PIECES = 8192
 """A pack is stored once it holds this many pieces, whatever their size."""
 MAX_PLAIN = 256 << 20
 """…or once its pieces expand to this many bytes: what verifying one pack may cost."""
-MAX_PACK = PACK_TARGET + PACK_BELOW + MAX_PIECES * 36 + 64
-"""The largest pack: the target, one more piece, and the index of the most pieces."""
+MAX_PACK = PACK_TARGET + MAX_PIECES * 36 + 64
+"""The largest pack: the target, and the index of the most pieces."""
 _ENTRY = struct.Struct(">32sI")
 _FOOT = struct.Struct(">I4s")
 TAIL_GUESS = 64 << 10
 """The first ranged read of a pack's tail: the whole index of up to 1800 pieces."""
 MIN_PIECE = 6
 """No stored chunk is smaller (its magic, codec byte and a byte of payload)."""
+MAX_PIECE = PACK_BELOW + 4096
+"""No piece is larger: only chunks stored under :data:`PACK_BELOW` (sealed: a little
+more) are packed."""
 
 
 class Entry(NamedTuple):
@@ -106,7 +110,7 @@ def parse_tail(key: str, tail: bytes | memoryview, size: int) -> list[tuple[byte
     out: list[tuple[bytes, Entry]] = []
     offset = len(PACK_MAGIC)
     for digest, length in _ENTRY.iter_unpack(table):
-        if length < MIN_PIECE:
+        if not MIN_PIECE <= length <= MAX_PIECE:
             raise DamagedObject(f"{key} is damaged: a piece of {length} bytes")
         out.append((bytes(digest), Entry(key, offset, length)))
         offset += length
@@ -129,6 +133,8 @@ def verify_pack(
     """
     if body[: len(PACK_MAGIC)] != PACK_MAGIC:
         raise DamagedObject(f"{key} is damaged: no pack header")
+    if len(body) > MAX_PACK:
+        raise DamagedObject(f"{key} is damaged: {len(body)} bytes, more than any pack holds")
     if blake3.blake3(body).hexdigest() != key.split("/", 1)[1]:
         raise DamagedObject(f"{key} is damaged: its content does not match its name")
     entries = parse_tail(key, body, len(body))
@@ -204,6 +210,11 @@ class PackMap:
         self._lock = threading.Lock()
         self._where: dict[bytes, Entry] | None = None
         self._stale = False
+        self._generation = 0
+        """Counts :meth:`forget` calls: a refresh that saw one begin after it stays stale."""
+        self._listed = 0.0
+        """When the last refresh began listing (monotonic)."""
+        self._refreshing = threading.Lock()
         self._added: dict[str, int] = {}
         """Packs this process stored, by when (:attr:`_added_count` then)."""
         self._added_count = 0
@@ -215,10 +226,28 @@ class PackMap:
             where = None if self._stale else self._where
         return where if where is not None else self.refresh()
 
-    def refresh(self) -> dict[bytes, Entry]:
-        """List the packs again; read the index of each one not seen before."""
+    def refresh(self, min_age: float = 0.0) -> dict[bytes, Entry]:
+        """List the packs again; read the index of each one not seen before.
+
+        One refresh runs at a time; with ``min_age``, a map listed less than that many
+        seconds ago (and not forgotten since) is returned as it is. A chunk keeps the
+        place it was first found in while that pack is there: a later pack holding the
+        same id does not take its place.
+        """
+        asked = time.monotonic()
+        with self._refreshing:
+            with self._lock:
+                if self._where is not None and not self._stale and (
+                    self._listed > asked or asked - self._listed < min_age
+                ):
+                    return self._where
+            return self._refresh()
+
+    def _refresh(self) -> dict[bytes, Entry]:
         with self._lock:
             started = self._added_count
+            generation = self._generation
+            listed = time.monotonic()
         sizes: dict[str, int | None]
         if self._sizes is not None:
             sizes = dict(self._sizes())
@@ -249,11 +278,12 @@ class PackMap:
             packs.update(read)
             self._packs = packs
             self.damaged = {k: v for k, v in {**self.damaged, **damaged}.items() if k in sizes}
-            where: dict[bytes, Entry] = {}
+            where = {d: e for d, e in (self._where or {}).items() if e.key in packs}
             for key in sorted(packs):
                 for digest, entry in packs[key]:
                     where.setdefault(digest, entry)
-            self._where, self._stale = where, False
+            self._where, self._listed = where, listed
+            self._stale = self._generation != generation  # forgotten meanwhile: again
             return where
 
     def forget(self) -> None:
@@ -261,6 +291,7 @@ class PackMap:
         only the indexes of packs not seen before are read then."""
         with self._lock:
             self._stale = True
+            self._generation += 1
 
     def add(self, key: str, entries: list[tuple[bytes, Entry]]) -> None:
         """Note pack ``key``, just stored by this process."""
@@ -305,24 +336,28 @@ class Packer:
         self._size = 0
         self._plain = 0
         self.packs_written = 0
+        self.written: set[str] = set()
+        """The keys of the packs this packer stored."""
 
     def add(self, digest: bytes, parts: Sequence[bytes | memoryview], plain: int) -> None:
         """Add a stored chunk that expands to ``plain`` bytes; store the pack when full."""
         size = sum(len(p) for p in parts)
+        if size > MAX_PIECE:
+            raise ValueError(f"a piece of {size} bytes is too large for a pack")
         with self._lock:
             if digest in self._pending:
                 return
+            if (
+                self._size + size > PACK_TARGET
+                or len(self._pieces) + 1 > MAX_PIECES
+                or self._plain + plain > MAX_PLAIN
+            ):
+                self._flush_locked()  # first: no pack ever goes over its bounds
             # Pieces are kept: a caller's buffer may be reused once this returns.
             self._pieces.append((digest, [bytes(p) for p in parts]))
             self._pending.add(digest)
             self._size += size
             self._plain += plain
-            if (
-                self._size >= PACK_TARGET
-                or len(self._pieces) >= MAX_PIECES
-                or self._plain >= MAX_PLAIN - max(CHUNK_SIZES)
-            ):
-                self._flush_locked()
 
     def pending(self, digest: bytes) -> bool:
         """True when chunk ``digest`` waits in the packer."""
@@ -358,4 +393,5 @@ class Packer:
             offset += length
         self._stored(key, entries)
         self.packs_written += 1
+        self.written.add(key)
         self._pieces, self._pending, self._size, self._plain = [], set(), 0, 0

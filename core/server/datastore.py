@@ -51,6 +51,8 @@ from core.server.meta import Busy, Meta, meta_of, store_at
 from core.server.nodes import SERVER_DIR, Node, NodeRegistry
 
 log = logging.getLogger("blockvault.server")
+PACKS_RECHECK = 1.0
+"""Seconds a chunk not found in the packs waits before they are listed again for it."""
 
 MANIFEST_KINDS = ("images", "increments")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -247,14 +249,16 @@ class Datastore:
         known = self.known(node, fresh=True)
         return b"".join(sorted(self.stored(known)))
 
-    def stored(self, digests: Iterable[bytes]) -> set[bytes]:
-        """Return the subset of ``digests`` stored, as chunk objects or in packs."""
+    def stored(self, digests: Iterable[bytes], *, fresh: bool = False) -> set[bytes]:
+        """Return the subset of ``digests`` stored, as chunk objects or in packs (any not
+        found lists the packs again: at once when ``fresh``, else at most every
+        :data:`PACKS_RECHECK` seconds)."""
         digests = set(digests)
         found = {d for d in digests if self.packs.locate(d) is not None}
         keys = {f"chunks/{d.hex()}": d for d in digests - found}
         found |= {keys[k] for k in self.store.exists_many(keys)}
         if len(found) < len(digests):  # packed through another server meanwhile?
-            where = self.packs.refresh()
+            where = self.packs.refresh(min_age=0.0 if fresh else PACKS_RECHECK)
             found |= {d for d in digests - found if d in where}
         return found
 
@@ -486,7 +490,7 @@ class Datastore:
                 f"{key} names {len(foreign)} chunks that node {node.name} neither uploaded "
                 "in this session nor named in its own manifests"
             )
-        missing = digests - self.stored(digests)
+        missing = digests - self.stored(digests, fresh=True)
         if missing:
             raise Refused(409, f"{key} names {len(missing)} chunks no longer stored "
                           "(pruned meanwhile); run the backup again")
@@ -522,7 +526,9 @@ class Datastore:
         kind, name = check_key(key)
         digest = bytes.fromhex(name) if kind == "chunks" and _HEX.match(name) else None
         for attempt in range(2):
-            entry = None if digest is None else self.packs.locate(digest)
+            # A chunk object comes first: a pack uploaded later cannot stand in for it.
+            packed = digest is not None and not self.store.exists_many([key])
+            entry = self.packs.locate(digest) if packed and digest is not None else None
             try:
                 if entry is None:
                     return self.store.get(key)
@@ -533,7 +539,8 @@ class Datastore:
                 pass
             if digest is None or attempt:
                 break
-            self.packs.refresh()  # pruned and rewritten, or packed through another server
+            self.packs.refresh(min_age=PACKS_RECHECK)  # pruned and rewritten, or packed
+            # through another server
         raise Refused(404, f"object {key} is missing from the datastore")
 
     def delete(self, node: Node, key: str) -> None:
