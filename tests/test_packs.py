@@ -26,7 +26,7 @@ from core.snapshots import ImageType
 pytestmark = pytest.mark.loop
 
 MIB = 1 << 20
-FILES = 3000
+FILES = 1500
 
 
 def bv(location: str, *args: str):
