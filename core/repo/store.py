@@ -223,33 +223,28 @@ class LocalStore:
             _fsync_dir(directory)
 
     def get(self, key: str) -> bytes:
-        # Only a regular file is an object: a symlink is never followed (it could lead
-        # out of the repository), and a FIFO or a device would hang or flood the reader.
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        try:
-            fd = os.open(self._path(key), flags)
-        except FileNotFoundError:
-            raise self._missing(key) from None
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                raise self._not_regular(key, "a symbolic link") from None
-            raise UnreadableObject(
-                f"cannot open {key} in the repository {self.root}: {e.strerror}"
-            ) from None
-        with os.fdopen(fd, "rb") as f:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise self._not_regular(key, _file_kind(mode))
+        with os.fdopen(self._open(key), "rb") as f:
             try:
                 return f.read()
             except OSError as e:
-                raise UnreadableObject(
-                    f"cannot read {key} from the repository {self.root}: {e.strerror}; "
-                    "check the repository's disk (dmesg), then 'blockvault repo check'"
-                ) from None
+                raise self._unreadable(key, e) from None
 
     def get_range(self, key: str, offset: int, length: int) -> bytes:
         """Return ``length`` bytes of object ``key`` from ``offset`` (fewer past its end)."""
+        fd = self._open(key)
+        try:
+            return os.pread(fd, length, offset)
+        except OSError as e:
+            raise self._unreadable(key, e) from None
+        finally:
+            os.close(fd)
+
+    def _open(self, key: str) -> int:
+        """Open object ``key`` for reading; only a regular file is one.
+
+        A symlink is never followed (it could lead out of the repository), and a FIFO
+        or a device would hang or flood the reader.
+        """
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         try:
             fd = os.open(self._path(key), flags)
@@ -261,18 +256,17 @@ class LocalStore:
             raise UnreadableObject(
                 f"cannot open {key} in the repository {self.root}: {e.strerror}"
             ) from None
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                raise self._not_regular(key, _file_kind(mode))
-            return os.pread(fd, length, offset)
-        except OSError as e:
-            raise UnreadableObject(
-                f"cannot read {key} from the repository {self.root}: {e.strerror}; "
-                "check the repository's disk (dmesg), then 'blockvault repo check'"
-            ) from None
-        finally:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
             os.close(fd)
+            raise self._not_regular(key, _file_kind(mode))
+        return fd
+
+    def _unreadable(self, key: str, error: OSError) -> UnreadableObject:
+        return UnreadableObject(
+            f"cannot read {key} from the repository {self.root}: {error.strerror}; "
+            "check the repository's disk (dmesg), then 'blockvault repo check'"
+        )
 
     def exists_many(self, keys: Iterable[str]) -> set[str]:
         found: set[str] = set()
