@@ -29,6 +29,8 @@ T = TypeVar("T")
 SERVER_DIR = "server"
 REGISTRY = f"{SERVER_DIR}/nodes.json"
 REMOTE_RECHECK = 2.0
+UNKNOWN_RECHECK = 0.25
+"""Over a bucket, a token not in the registry asks it again if the last ask is older."""
 TOKEN_PREFIX = "bvt1_"
 NODE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 MAX_TOKEN = 256
@@ -93,11 +95,12 @@ class NodeRegistry:
 
     # --- reading (servers) -------------------------------------------------------
 
-    def nodes(self) -> dict[str, Node]:
-        """Return every node by name, re-read when the registry changed since the last call."""
+    def nodes(self, *, within: float = REMOTE_RECHECK) -> dict[str, Node]:
+        """Return every node by name, re-read when the registry changed since the last call
+        (over a bucket: asked again once the last ask is ``within`` seconds old)."""
         now = time.monotonic()
         with self._lock:
-            if self.meta.remote and now - self._checked < REMOTE_RECHECK:
+            if self.meta.remote and now - self._checked < within:
                 return self._nodes
         version = self.meta.version(REGISTRY)  # a stat, or a HEAD: read only on a change
         with self._lock:
@@ -115,11 +118,16 @@ class NodeRegistry:
         if not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN:
             return None
         wanted = token_hash(token)
-        found = None
-        for node in self.nodes().values():
-            if hmac.compare_digest(node.token_sha256, wanted):
-                found = node
-        return found
+        for nodes in (self.nodes(), self.nodes(within=UNKNOWN_RECHECK)):
+            # A token not known yet may be a node added a moment ago through another
+            # server or the bucket: the registry is asked again (at most so often).
+            found = None
+            for node in nodes.values():
+                if hmac.compare_digest(node.token_sha256, wanted):
+                    found = node
+            if found is not None or not self.meta.remote:
+                return found
+        return None
 
     def _parse(self, data: bytes) -> dict[str, Node]:
         try:
